@@ -1,0 +1,16 @@
+# reconet: `make run` runs the pipeline on the demo library, `make test` runs the tests.
+# Both set up what they need first (Debian packages, .venv, the project), idempotently.
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
+
+.PHONY: setup run test ui
+setup:
+	@scripts/setup.sh
+
+run: setup
+	.venv/bin/reconet run
+
+test: setup
+	.venv/bin/python -m pytest
+
+ui: setup
+	.venv/bin/reconet ui

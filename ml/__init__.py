@@ -1,0 +1,1 @@
+"""reconet's domain library: plain Python, NumPy and PyTorch. Nothing here imports Dagster."""

@@ -1,0 +1,88 @@
+"""Where things are and what the parameters say: the one place for paths and params.
+
+Every path reconet reads or writes is derived here from three inputs:
+
+* ``RECONET_PROJECT_ROOT`` (default: the folder holding ``params.yaml`` above this file),
+* ``RECONET_DATA_DIR`` (default: ``<root>/data``) for tables and audio artefacts,
+* ``RECONET_LIBRARY`` (default: ``library.path`` in params.yaml) for the input music.
+
+Reports (plots, summaries, metrics) go to ``RECONET_REPORTS_DIR`` (default ``<root>/reports``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEMO_LIBRARY = "data/demo-library"
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("RECONET_PROJECT_ROOT", PACKAGE_ROOT)).resolve()
+
+
+def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read params.yaml (``RECONET_PARAMS`` or ``<root>/params.yaml``)."""
+    path = Path(path or os.environ.get("RECONET_PARAMS", project_root() / "params.yaml"))
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"reconet parameters not found at {path}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The folders of one reconet project. Build with :func:`paths`."""
+
+    root: Path
+    data: Path
+    reports: Path
+    library: Path
+    library_is_default_demo: bool
+
+    @cached_property
+    def tables(self) -> Path:
+        return self.data / "tables"
+
+    @cached_property
+    def rejected(self) -> Path:
+        return self.data / "rejected"
+
+    @cached_property
+    def eda_reports(self) -> Path:
+        return self.reports / "eda"
+
+    @cached_property
+    def dagster_home(self) -> Path:
+        """Dagster's instance folder (runs, logs, partitions): DAGSTER_HOME or ``<root>/.dagster``."""
+        return Path(os.environ.get("DAGSTER_HOME") or self.root / ".dagster").resolve()
+
+
+def _resolve(root: Path, value: str | os.PathLike) -> Path:
+    p = Path(value).expanduser()
+    return (p if p.is_absolute() else root / p).resolve()
+
+
+def paths(params: dict[str, Any] | None = None, library: str | os.PathLike | None = None) -> Paths:
+    """The project's folders; ``library`` (else RECONET_LIBRARY, else params) picks the music."""
+    params = load_params() if params is None else params
+    root = project_root()
+    configured_library = params.get("library", {}).get("path", DEFAULT_DEMO_LIBRARY)
+    library = _resolve(root, library or os.environ.get("RECONET_LIBRARY") or configured_library)
+    return Paths(
+        root=root,
+        data=_resolve(root, os.environ.get("RECONET_DATA_DIR", "data")),
+        reports=_resolve(root, os.environ.get("RECONET_REPORTS_DIR", "reports")),
+        library=library,
+        library_is_default_demo=library == _resolve(root, DEFAULT_DEMO_LIBRARY),
+    )

@@ -1,0 +1,38 @@
+"""The `rejected` ledger: every input left out, by which stage and why. Nothing is dropped silently.
+
+Each stage writes its rejections for one scope (a release, or the whole catalogue) to its own
+Parquet file, replacing that file atomically when it runs again, so re-runs never duplicate rows
+and a killed run never leaves half a file. :func:`load_rejected` gathers them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from ml.tables import REJECTED_SCHEMA, concat, read_table, scope_filename, write_table
+
+ALL = "_all"  # scope of a stage that runs on the whole catalogue
+
+
+def ledger_path(ledger_dir: Path, stage: str, scope: str) -> Path:
+    return Path(ledger_dir) / stage / scope_filename(scope)
+
+
+def record_rejected(ledger_dir: Path, stage: str, scope: str, rejected: pa.Table) -> Path:
+    """Replace the rejections of ``stage`` for ``scope`` (an empty table clears them)."""
+    if rejected.num_rows and set(rejected.column("stage").to_pylist()) != {stage}:
+        raise ValueError(f"rows recorded for stage {stage!r} carry another stage")
+    return write_table(rejected, ledger_path(ledger_dir, stage, scope), REJECTED_SCHEMA)
+
+
+def forget_scope(ledger_dir: Path, scope: str) -> None:
+    """Drop every stage's rejections for a scope (a release that left the library)."""
+    for path in Path(ledger_dir).glob(f"*/{scope_filename(scope)}"):
+        path.unlink(missing_ok=True)
+
+
+def load_rejected(ledger_dir: Path) -> pa.Table:
+    files = sorted(Path(ledger_dir).glob("*/*.parquet"))
+    return concat((read_table(f, REJECTED_SCHEMA) for f in files), REJECTED_SCHEMA)

@@ -1,0 +1,168 @@
+"""The `reconet` command: make the demo library, register releases, run the pipeline, open the UI."""
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ml import config
+from ml.demo_library import SIZES, generate_demo_library
+
+console = Console(stderr=True)
+
+DAGSTER_YAML = """\
+# reconet's local Dagster instance (made by `reconet`); see README.
+telemetry:
+  enabled: false
+"""
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+def make_demo_library(directory: Path, size: str, seed: int = 0) -> dict:
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task(f"demo library ({size})", total=None)
+
+        def on_progress(done: int, total: int, path: str) -> None:
+            progress.update(task, completed=done, total=total, description=f"demo library: {path[:48]}")
+
+        manifest = generate_demo_library(directory, size=size, seed=seed, on_progress=on_progress)
+    n_files = len(manifest["files"])
+    console.print(f"demo library ({size}): {n_files} files in {directory} ({time.perf_counter() - started:.1f} s)")
+    return manifest
+
+
+def prepare_dagster_home(paths: config.Paths) -> Path:
+    """Point DAGSTER_HOME at the project's instance folder, creating it on first use."""
+    home = paths.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _ensure_library(paths: config.Paths, params: dict) -> None:
+    if paths.library.is_dir():
+        return
+    if not paths.library_is_default_demo:
+        raise SystemExit(f"music library not found: {paths.library} (set RECONET_LIBRARY or library.path)")
+    make_demo_library(paths.library, params.get("library", {}).get("demo_size", "default"))
+
+
+def run_pipeline(library: str | None = None) -> int:
+    """The main job: releases → catalogue, on the persistent instance (the UI shows the runs)."""
+    import dagster as dg
+
+    from pipeline.definitions import defs
+    from pipeline.jobs import MAIN_JOB_PHASES
+    from pipeline.partitions import sync_release_partitions
+
+    params = config.load_params()
+    paths = config.paths(params, library=library)
+    _ensure_library(paths, params)
+    os.environ["RECONET_LIBRARY"] = str(paths.library)  # the runs' resources read the same library
+    prepare_dagster_home(paths)
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        added, removed = sync_release_partitions(instance, paths, params)
+        keys = instance.get_dynamic_partitions("releases")
+        console.print(f"library {paths.library}: {len(keys)} releases ({len(added)} new, {len(removed)} removed)")
+        with _progress() as progress:
+            for job_name, per_release in MAIN_JOB_PHASES:
+                job = defs.resolve_job_def(job_name)
+                targets = keys if per_release else [None]
+                task = progress.add_task(job_name, total=len(targets))
+                for key in targets:
+                    progress.update(task, description=f"{job_name} {key or ''}"[:60])
+                    result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+                    if not result.success:
+                        console.print(f"[red]{job_name} failed{' for ' + key if key else ''}: see the run in the UI[/red]")
+                        return 1
+                    progress.advance(task)
+    _print_summary(paths, time.perf_counter() - started)
+    return 0
+
+
+def _print_summary(paths: config.Paths, seconds: float) -> None:
+    from ml.tables import read_table
+
+    kept = read_table(paths.tables / "clean_tracks.parquet")
+    rejected = read_table(paths.tables / "rejected.parquet")
+    table = Table(title=f"reconet catalogue ({seconds:.1f} s)")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("files scanned", str(kept.num_rows + rejected.num_rows))
+    table.add_row("kept tracks", str(kept.num_rows))
+    table.add_row("artists", str(len(set(kept.column("artist").to_pylist()))))
+    reasons = Counter(zip(rejected.column("stage").to_pylist(), rejected.column("reason").to_pylist(), strict=True))
+    for (stage, reason), n in sorted(reasons.items()):
+        table.add_row(f"rejected: {stage} / {reason}", str(n))
+    Console().print(table)
+    console.print(f"tables:  {paths.tables}\nreports: {paths.eda_reports}")
+    console.print(f"UI:      DAGSTER_HOME={paths.dagster_home} .venv/bin/dagster dev -w workspace.yaml  (or: make ui)")
+
+
+def register(library: str | None = None) -> int:
+    import dagster as dg
+
+    from pipeline.partitions import sync_release_partitions
+
+    params = config.load_params()
+    paths = config.paths(params, library=library)
+    prepare_dagster_home(paths)
+    with dg.DagsterInstance.get() as instance:
+        added, removed = sync_release_partitions(instance, paths, params)
+    console.print(f"releases: {len(added)} added, {len(removed)} removed")
+    return 0
+
+
+def ui(port: int) -> int:
+    paths = config.paths()
+    prepare_dagster_home(paths)
+    cmd = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(paths.root / "workspace.yaml"),
+           "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    os.chdir(paths.root)
+    os.execv(cmd[0], cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reconet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo-library", help="write the demo discography to DIR")
+    demo.add_argument("directory", type=Path)
+    demo.add_argument("--size", choices=sorted(SIZES), default="default")
+    demo.add_argument("--seed", type=int, default=0)
+    for name, text in (("run", "run the pipeline on the library"), ("register-releases", "sync release partitions")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--library", help="music library folder (default: RECONET_LIBRARY or params.yaml)")
+    ui_parser = sub.add_parser("ui", help="open the Dagster UI on 127.0.0.1")
+    ui_parser.add_argument("--port", type=int, default=3000)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo-library":
+            make_demo_library(args.directory, args.size, args.seed)
+            return 0
+        if args.command == "run":
+            return run_pipeline(args.library)
+        if args.command == "register-releases":
+            return register(args.library)
+        return ui(args.port)
+    except (FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        console.print(f"[red]reconet: {exc}[/red]")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""reconet's Dagster definitions: gathers assets, resources and jobs; defines nothing itself."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.catalogue import clean_tracks, rejected, tracks
+from assets.metadata_eda import metadata_eda
+from pipeline.jobs import catalogue_job, register_releases_job, release_job
+from pipeline.resources import ParquetTableIOManager, ReconetSettings
+
+defs = dg.Definitions(
+    assets=[tracks, clean_tracks, rejected, metadata_eda],
+    jobs=[register_releases_job, release_job, catalogue_job],
+    resources={
+        "settings": ReconetSettings(),
+        "table_io_manager": ParquetTableIOManager(),
+    },
+)

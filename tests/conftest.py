@@ -1,0 +1,64 @@
+"""Shared fixtures: real audio files made with ffmpeg, and the small demo library."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ml.demo_library import generate_demo_library
+
+CODECS = {
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "128k"],
+    "flac": ["-c:a", "flac"],
+    "ogg": ["-c:a", "libvorbis", "-q:a", "3"],
+    "m4a": ["-c:a", "aac", "-b:a", "128k", "-f", "ipod"],
+    "wav": ["-c:a", "pcm_s16le"],
+}
+
+
+def make_tone(path: Path, fmt: str, seconds: float = 2.0, sample_rate: int = 44100, channels: int = 2,
+              freq: float = 440.0) -> Path:  # fmt: skip
+    """A real audio file: a sine tone encoded by ffmpeg in ``fmt``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi",
+        "-i", f"sine=frequency={freq}:sample_rate={sample_rate}:duration={seconds}",
+        "-ac", str(channels), *CODECS[fmt], "-fflags", "+bitexact", str(path),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_library(tmp_path_factory) -> tuple[Path, dict]:
+    """The small demo library (generated once per test session) and its manifest."""
+    directory = tmp_path_factory.mktemp("library") / "demo"
+    manifest = generate_demo_library(directory, size="small")
+    return directory, manifest
+
+
+@pytest.fixture
+def project_dirs(tmp_path, monkeypatch) -> dict[str, Path]:
+    """Data, reports and Dagster folders of a throw-away project run."""
+    dirs = {name: tmp_path / name for name in ("data", "reports", "dagster_home")}
+    for d in dirs.values():
+        d.mkdir()
+    monkeypatch.setenv("RECONET_DATA_DIR", str(dirs["data"]))
+    monkeypatch.setenv("RECONET_REPORTS_DIR", str(dirs["reports"]))
+    monkeypatch.setenv("DAGSTER_HOME", str(dirs["dagster_home"]))
+    monkeypatch.delenv("RECONET_LIBRARY", raising=False)
+    return dirs
+
+
+def audio_files(library: Path) -> list[str]:
+    """Relative paths of every file the catalogue should scan (audio extensions, not hidden)."""
+    exts = {"mp3", "flac", "ogg", "m4a", "wav"}
+    return sorted(
+        p.relative_to(library).as_posix()
+        for p in library.rglob("*")
+        if p.is_file() and p.suffix.lstrip(".").lower() in exts and not any(part.startswith(".") for part in p.parts)
+    )
+
+
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")

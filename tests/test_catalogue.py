@@ -1,0 +1,87 @@
+"""Scanning: releases, content ids, and bad files that must become `rejected` rows."""
+
+import os
+import shutil
+
+import pytest
+from mutagen.id3 import ID3, TIT2, TPE1
+
+from ml.catalogue import ROOT_RELEASE, find_releases, release_key, scan_release, track_id_for
+from ml.config import load_params
+from tests.conftest import make_tone
+
+PARAMS = load_params()
+EXTS = PARAMS["library"]["audio_extensions"]
+
+
+def _tag(path, artist, title):
+    id3 = ID3()
+    id3.add(TPE1(encoding=3, text=[artist]))
+    id3.add(TIT2(encoding=3, text=[title]))
+    id3.save(path)
+
+
+def test_releases_are_folders_with_audio(tmp_path):
+    make_tone(tmp_path / "A" / "First" / "01 a.mp3", "mp3")
+    make_tone(tmp_path / "A" / "Second..." / "01 b.flac", "flac")  # "..." cannot be in a Dagster key
+    make_tone(tmp_path / "loose.wav", "wav")
+    (tmp_path / "A" / "Art").mkdir()
+    (tmp_path / "A" / "Art" / "cover.jpg").write_bytes(b"\xff\xd8")
+    make_tone(tmp_path / ".hidden" / "x.mp3", "mp3")
+    releases = find_releases(tmp_path, EXTS)
+    assert sorted(releases) == sorted(["A/First", "A/Second\u2026", ROOT_RELEASE])
+    assert releases["A/Second\u2026"] == tmp_path / "A" / "Second..."
+    assert release_key("Bad\x07Name/..\x00.") == "Bad_Name/.._."
+
+
+def test_missing_library_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="music library not found"):
+        find_releases(tmp_path / "nope", EXTS)
+
+
+def test_track_id_follows_audio_content_not_tags_or_name(tmp_path):
+    release = tmp_path / "Artist" / "Album"
+    original = make_tone(release / "01 song.mp3", "mp3", freq=440)
+    _tag(original, "Artist", "Song")
+    copy = release / "copy.mp3"
+    shutil.copyfile(original, copy)
+    _tag(copy, "Someone Else", "Renamed and re-tagged")
+    other = make_tone(release / "02 other.mp3", "mp3", freq=660)
+    result = scan_release(tmp_path, "Artist/Album", release, PARAMS)
+    ids = dict(zip(result.tracks.column("path").to_pylist(), result.tracks.column("track_id").to_pylist(), strict=True))
+    assert ids["Artist/Album/01 song.mp3"] == ids["Artist/Album/copy.mp3"]
+    assert ids["Artist/Album/02 other.mp3"] != ids["Artist/Album/01 song.mp3"]
+    assert other.exists() and result.rejected.num_rows == 0
+    assert track_id_for("ab" * 32) == track_id_for("ab" * 32)
+
+
+def test_bad_files_are_rejected_with_reasons_and_the_batch_goes_on(tmp_path):
+    release = tmp_path / "Artist" / "Album"
+    good = make_tone(release / "01 good.mp3", "mp3", seconds=4.0)
+    data = make_tone(tmp_path / "src.mp3", "mp3", seconds=20.0).read_bytes()
+    (release / "02 truncated.mp3").write_bytes(data[: len(data) // 3])
+    (release / "03 page.flac").write_bytes(b"<html>not audio</html>")
+    (release / "04 empty.ogg").write_bytes(b"")
+    os.symlink("/etc/hostname", release / "05 link.mp3")
+    result = scan_release(tmp_path, "Artist/Album", release, PARAMS)
+    assert result.files_scanned == 5
+    assert result.tracks.column("path").to_pylist() == ["Artist/Album/01 good.mp3"]
+    reasons = dict(zip(result.rejected.column("path").to_pylist(), result.rejected.column("reason").to_pylist(), strict=True))
+    assert reasons == {
+        "Artist/Album/02 truncated.mp3": "truncated",
+        "Artist/Album/03 page.flac": "not_audio",
+        "Artist/Album/04 empty.ogg": "not_audio",
+        "Artist/Album/05 link.mp3": "outside_library",
+    }
+    for detail in result.rejected.column("detail").to_pylist():
+        assert detail  # every rejection says why
+    assert good.exists()
+
+
+def test_audio_properties_are_recorded(tmp_path):
+    release = tmp_path / "A" / "B"
+    make_tone(release / "x.ogg", "ogg", seconds=5.0, sample_rate=48000, channels=1)
+    row = scan_release(tmp_path, "A/B", release, PARAMS).tracks.to_pylist()[0]
+    assert (row["format"], row["codec"], row["sample_rate"], row["channels"]) == ("ogg", "vorbis", 48000, 1)
+    assert row["duration_s"] == pytest.approx(5.0, abs=0.1)
+    assert row["bitrate_kbps"] > 0 and row["file_size"] > 0 and not row["has_tags"]
