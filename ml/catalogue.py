@@ -146,16 +146,17 @@ def scan_file(path: Path, library: Path, release: str, params: dict[str, Any]) -
     except ProbeError as exc:
         return "rejected", _reject(rel, release, "corrupt", str(exc))
     track_id = track_id_for(probe.content_sha256)
-    min_fraction = float(catalogue.get("min_decoded_fraction", 0.97))
-    if props.duration_s > 0 and probe.decoded_duration_s < min_fraction * props.duration_s:
-        detail = (
-            f"truncated: decodes to {probe.decoded_duration_s:.1f} s of the {props.duration_s:.1f} s its header announces"
-        )
-        return "rejected", _reject(rel, release, "truncated", detail, track_id)
     max_errors = int(catalogue.get("max_decode_errors", 0))
-    if len(probe.errors) > max_errors:
+    min_fraction = float(catalogue.get("min_decoded_fraction", 0.97))
+    short = props.duration_s > 0 and probe.decoded_duration_s < min_fraction * props.duration_s
+    # A cut-off file decodes cleanly up to the cut (one error at most, for the partial last
+    # frame); damage inside the stream shows as several errors.
+    if len(probe.errors) > max(max_errors, 1) or (len(probe.errors) > max_errors and not short):
         detail = f"{len(probe.errors)} decoding error(s), first: {probe.errors[0]}"
         return "rejected", _reject(rel, release, "corrupt", detail, track_id)
+    if short:
+        detail = f"decodes to {probe.decoded_duration_s:.1f} s of the {props.duration_s:.1f} s its header announces"
+        return "rejected", _reject(rel, release, "truncated", detail, track_id)
     if probe.decoded_duration_s <= 0:
         return "rejected", _reject(rel, release, "empty", "no decodable audio", track_id)
     return "track", {

@@ -175,7 +175,7 @@ def find_duplicates(tracks: list[dict[str, Any]], r: CleaningRules) -> dict[str,
 def over_genre(genre: str | None, params: dict[str, Any]) -> str:
     """The report's over-genre (Rock, Hip-hop, DiscoSoul, Pop) of a tag genre, else Other."""
     mapping: dict[str, list[str]] = params.get("genres", {}).get("over_genres", {})
-    if not genre:
+    if not isinstance(genre, str) or not genre:
         return "Other"
     first = fold(re.split(r"[;/,|]", genre)[0])
     subgenres = [(fold(sub), name) for name, subs in mapping.items() for sub in subs]

@@ -580,13 +580,16 @@ def generate_demo_library(
         done_specs += _derived_files(done_specs, staging)
         manifest = _manifest(size, seed, done_specs)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; a library is an ordinary folder
         if directory.exists():
             directory.rmdir()  # empty, checked above
         os.replace(staging, directory)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+    return read_manifest(directory)
 
 
 def library_digest(directory: str | os.PathLike) -> str:

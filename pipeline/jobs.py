@@ -5,7 +5,7 @@ import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks
 from assets.metadata_eda import metadata_eda
-from pipeline.partitions import releases, sync_release_partitions
+from pipeline.partitions import sync_release_partitions
 from pipeline.resources import ReconetSettings
 
 
@@ -27,8 +27,7 @@ def register_releases_job() -> None:
 
 # Per-release work: run once per partition (the UI's partition picker, a backfill, or `reconet run`).
 release_job = dg.define_asset_job(
-    "release_job", selection=dg.AssetSelection.assets(tracks), partitions_def=releases,
-    description="Process one release (album folder).",
+    "release_job", selection=dg.AssetSelection.assets(tracks), description="Process one release (album folder).",
 )  # fmt: skip
 
 # Catalogue-wide work, after the releases: cleaning, the rejected ledger, the EDA.

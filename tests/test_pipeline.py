@@ -1,0 +1,126 @@
+"""Materialising the catalogue assets on the small demo library, through the real Dagster."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ml.config import project_root
+from ml.tables import read_table
+from pipeline.definitions import defs
+from pipeline.partitions import releases
+from tests.conftest import audio_files
+
+pytestmark = pytest.mark.slow
+
+
+def _expected(manifest: dict) -> tuple[dict[str, tuple[str, str]], set[str]]:
+    """(path -> (stage, reason)) for planted rejections this stage catches; paths to keep."""
+    rejected, kept = {}, set()
+    for f in manifest["files"]:
+        expect = f["expect"]
+        if expect and expect["stage"] in ("tracks", "clean_tracks"):
+            rejected[f["path"]] = (expect["stage"], expect["reason"])
+        else:  # good songs, plus what later stages catch (the instrumental needs separated vocals)
+            kept.add(f["path"])
+    return rejected, kept
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=project_root(), capture_output=True, text=True, timeout=600
+    )
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
+    library, manifest = small_library
+    before = _snapshot(library)
+    proc = _run_cli("run", "--library", str(library))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kept tracks" in proc.stdout and "rejected: tracks / truncated" in proc.stdout
+
+    data = project_dirs["data"]
+    kept = read_table(data / "tables" / "clean_tracks.parquet")
+    rejected = read_table(data / "tables" / "rejected.parquet")
+    kept_paths = set(kept.column("path").to_pylist())
+    got = {r["path"]: (r["stage"], r["reason"]) for r in rejected.to_pylist()}
+
+    expected_rejected, expected_kept = _expected(manifest)
+    assert got == expected_rejected  # every planted case, with the right stage and reason
+    assert kept_paths == expected_kept  # every good track kept
+    scanned = audio_files(library)
+    assert sorted(kept_paths | set(got)) == scanned and len(kept_paths) + len(got) == len(scanned)  # nothing lost
+    assert len(set(kept.column("track_id").to_pylist())) == kept.num_rows
+    hostile = next(r for r in kept.to_pylist() if r["title"] == "../../etc/passwd")
+    assert hostile["album"] == "..\\..\\Windows\\System32"
+    assert _snapshot(library) == before  # the library is read, never written
+
+    eda = project_dirs["reports"] / "eda"
+    pngs = sorted(p.name for p in eda.glob("*.png"))
+    assert len(pngs) >= 6 and all((eda / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
+    assert "Marla Voss" in (eda / "summary.md").read_text()
+
+    with dg.DagsterInstance.get() as instance:  # the runs are on the persistent instance the UI reads
+        keys = instance.get_dynamic_partitions(releases.name)
+        assert sorted(keys) == sorted({p.rsplit("/", 1)[0] for p in scanned})
+        eda_event = instance.get_latest_materialization_event(dg.AssetKey("metadata_eda"))
+        metadata = eda_event.asset_materialization.metadata
+        assert any(k.startswith("plot_") and "data:image/png;base64," in v.value for k, v in metadata.items())
+        for key in keys:
+            assert instance.get_latest_materialization_event(dg.AssetKey("tracks")) is not None
+        tracks_parts = instance.get_materialized_partitions(dg.AssetKey("tracks"))
+        assert tracks_parts == set(keys)
+
+
+def test_rerun_is_idempotent_and_a_new_album_is_one_new_partition(small_library, project_dirs, tmp_path):
+    source, _ = small_library
+    library = tmp_path / "library"
+    subprocess.run(["cp", "-r", str(source), str(library)], check=True)
+    assert _run_cli("run", "--library", str(library)).returncode == 0
+    data = project_dirs["data"] / "tables"
+    first_rejected = read_table(data / "rejected.parquet")
+    first_kept = read_table(data / "clean_tracks.parquet")
+
+    assert _run_cli("run", "--library", str(library)).returncode == 0  # same input, same tables
+    assert read_table(data / "rejected.parquet").equals(first_rejected)
+    assert read_table(data / "clean_tracks.parquet").equals(first_kept)
+
+    # a new album arrives: one new partition; the other releases' tables are untouched
+    new_album = library / "Dex Calder" / "Brand New Album"
+    new_album.mkdir()
+    donor = next(p for p in (library / "Marla Voss" / "Neon Psalms").iterdir() if p.suffix == ".flac")
+    subprocess.run(["cp", str(donor), str(new_album / "01 New Song.flac")], check=True)
+    untouched = {p: p.stat().st_mtime_ns for p in (data / "tracks").glob("*.parquet")}
+    with dg.DagsterInstance.get() as instance:
+        from pipeline.partitions import sync_release_partitions
+        from ml import config
+
+        added, removed = sync_release_partitions(instance, config.paths(library=library), config.load_params())
+        assert (added, removed) == (["Dex Calder/Brand New Album"], [])
+        result = defs.resolve_job_def("release_job").execute_in_process(
+            instance=instance, partition_key=added[0], resources={"settings": _settings(library)}
+        )
+        assert result.success
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    assert len(list((data / "tracks").glob("*.parquet"))) == len(untouched) + 1
+
+
+def _settings(library: Path):
+    from pipeline.resources import ReconetSettings
+
+    return ReconetSettings(library=str(library))
+
+
+def test_definitions_validate():
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=project_root(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Validation successful" in proc.stdout + proc.stderr
