@@ -23,6 +23,10 @@ telemetry:
 """
 
 
+# Runs print warnings (rejected files) to the terminal; the full log is in the UI.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -86,7 +90,9 @@ def run_pipeline(library: str | None = None) -> int:
                 task = progress.add_task(job_name, total=len(targets))
                 for key in targets:
                     progress.update(task, description=f"{job_name} {key or ''}"[:60])
-                    result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+                    result = job.execute_in_process(
+                        instance=instance, partition_key=key, raise_on_error=False, run_config=QUIET_CONSOLE
+                    )
                     if not result.success:
                         console.print(f"[red]{job_name} failed{' for ' + key if key else ''}: see the run in the UI[/red]")
                         return 1
