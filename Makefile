@@ -10,6 +10,7 @@ run: setup
 	.venv/bin/reconet run
 
 test: setup
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest
 
 ui: setup

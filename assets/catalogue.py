@@ -1,6 +1,5 @@
 """Catalogue assets: read every release, clean the catalogue, gather every rejection."""
 
-
 from collections import Counter
 
 import dagster as dg
@@ -25,7 +24,9 @@ def _markdown_table(table: pa.Table, columns: list[str], limit: int = 50) -> str
     return "\n".join(lines)
 
 
-@dg.asset(partitions_def=releases, group_name="catalogue", io_manager_key="table_io_manager", kinds={"python", "parquet"})
+@dg.asset(
+    partitions_def=releases, group_name="catalogue", io_manager_key="table_io_manager", kinds={"python", "parquet"}
+)
 def tracks(context: dg.AssetExecutionContext, settings: ReconetSettings) -> pa.Table:
     """Every audio file of one release: tags, audio properties, content-derived `track_id`.
     Unreadable, corrupt or truncated files go to `rejected` (stage `tracks`)."""
@@ -43,7 +44,9 @@ def tracks(context: dg.AssetExecutionContext, settings: ReconetSettings) -> pa.T
             "tracks": result.tracks.num_rows,
             "rejected": result.rejected.num_rows,
             "formats": ", ".join(f"{k}: {v}" for k, v in sorted(formats.items())),
-            "preview": dg.MetadataValue.md(_markdown_table(result.tracks, ["path", "artist", "title", "duration_s", "format"])),
+            "preview": dg.MetadataValue.md(
+                _markdown_table(result.tracks, ["path", "artist", "title", "duration_s", "format"])
+            ),
         }
     )
     return result.tracks
@@ -82,13 +85,17 @@ def rejected(context: dg.AssetExecutionContext, settings: ReconetSettings) -> pa
     paths = settings.paths()
     current = context.instance.get_dynamic_partitions(releases.name)
     ledger = load_rejected(paths.rejected)
-    in_library = pc.or_(pc.is_in(ledger.column("release"), pa.array(current, pa.string())), pc.is_null(ledger.column("release")))
+    in_library = pc.or_(
+        pc.is_in(ledger.column("release"), pa.array(current, pa.string())), pc.is_null(ledger.column("release"))
+    )
     table = ledger.filter(in_library).cast(REJECTED_SCHEMA)
     by_stage_reason = Counter(zip(table.column("stage").to_pylist(), table.column("reason").to_pylist(), strict=True))
     context.add_output_metadata(
         {
             "rejected": table.num_rows,
-            "by_stage_and_reason": dg.MetadataValue.json({f"{s}/{r}": n for (s, r), n in sorted(by_stage_reason.items())}),
+            "by_stage_and_reason": dg.MetadataValue.json(
+                {f"{s}/{r}": n for (s, r), n in sorted(by_stage_reason.items())}
+            ),
             "table": dg.MetadataValue.md(_markdown_table(table, ["stage", "reason", "path", "detail"], limit=100)),
         }
     )

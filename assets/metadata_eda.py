@@ -1,6 +1,5 @@
 """The catalogue's exploratory data analysis (RecoNet report, section 3.1), as plots in the UI."""
 
-
 import base64
 
 import dagster as dg
@@ -12,7 +11,11 @@ from pipeline.resources import ReconetSettings
 
 @dg.asset(group_name="catalogue", kinds={"python", "matplotlib"})
 def metadata_eda(
-    context: dg.AssetExecutionContext, settings: ReconetSettings, tracks: pa.Table, clean_tracks: pa.Table, rejected: pa.Table
+    context: dg.AssetExecutionContext,
+    settings: ReconetSettings,
+    tracks: pa.Table,
+    clean_tracks: pa.Table,
+    rejected: pa.Table,
 ) -> dg.MaterializeResult:
     """Songs per artist, over- and sub-genres, releases per decade, year × over-genre, durations,
     class imbalance and rejections: PNG plots and a markdown summary under `reports/eda/`."""

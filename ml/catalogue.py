@@ -114,7 +114,9 @@ def probe_audio(path: Path, timeout_s: float) -> Probe:
     digests = [m.group(1) for line in stdout if (m := _HASH_LINE.match(line.strip()))]
     if proc.returncode != 0 or not digests:
         raise ProbeError("ffmpeg cannot decode it: " + ("; ".join(errors[-3:]) or f"exit code {proc.returncode}"))
-    out_times = [int(line.split("=", 1)[1]) for line in stdout if line.startswith("out_time_us=") and line[12:].isdigit()]
+    out_times = [
+        int(line.split("=", 1)[1]) for line in stdout if line.startswith("out_time_us=") and line[12:].isdigit()
+    ]
     return Probe(content_sha256=digests[0], decoded_duration_s=max(out_times, default=0) / 1e6, errors=errors)
 
 
@@ -126,7 +128,14 @@ class ScanResult:
 
 
 def _reject(rel_path: str, release: str, reason: str, detail: str, track_id: str | None = None) -> dict[str, Any]:
-    return {"path": rel_path, "release": release, "track_id": track_id, "stage": "tracks", "reason": reason, "detail": detail}
+    return {
+        "path": rel_path,
+        "release": release,
+        "track_id": track_id,
+        "stage": "tracks",
+        "reason": reason,
+        "detail": detail,
+    }
 
 
 def scan_file(path: Path, library: Path, release: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -116,9 +116,9 @@ def rule_multi_vocalist(t: dict[str, Any], r: CleaningRules) -> tuple[str, str] 
     if len(artists) > 1:
         return "multi_vocalist", f"{len(artists)} artist values: {', '.join(artists)}"
     artist = t.get("artist") or ""
-    if fold(artist) not in r.single_vocalist_artists and r.artist_markers:
-        if m := r.artist_markers.search(artist.casefold()):
-            return "multi_vocalist", f"artist {artist!r} names several people ({m.group(0).strip()!r})"
+    allowed = fold(artist) in r.single_vocalist_artists
+    if not allowed and r.artist_markers and (m := r.artist_markers.search(artist.casefold())):
+        return "multi_vocalist", f"artist {artist!r} names several people ({m.group(0).strip()!r})"
     title = (t.get("title") or "").casefold()
     for pattern in (r.title_markers, r.bracketed_title_markers):
         if pattern and (m := pattern.search(title)):

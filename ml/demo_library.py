@@ -94,12 +94,64 @@ SIZES = {
     "small": DemoSize(vocalists=3, albums=2, songs_per_album=2, duration_s=(34.0, 42.0)),
 }
 
-WORDS = (
-    "love night fire heart rain city light dream shadow river gold stone road home wild sky "
-    "dance burn slow fall rise hold run cold sweet blue morning silver ocean storm whisper "
-    "forever tonight never only open broken glass echo summer winter flame crown thunder "
-    "honey velvet wire engine midnight window mirror garden desert northern southern lonely"
-).split()
+WORDS = [
+    "love",
+    "night",
+    "fire",
+    "heart",
+    "rain",
+    "city",
+    "light",
+    "dream",
+    "shadow",
+    "river",
+    "gold",
+    "stone",
+    "road",
+    "home",
+    "wild",
+    "sky",
+    "dance",
+    "burn",
+    "slow",
+    "fall",
+    "rise",
+    "hold",
+    "run",
+    "cold",
+    "sweet",
+    "blue",
+    "morning",
+    "silver",
+    "ocean",
+    "storm",
+    "whisper",
+    "forever",
+    "tonight",
+    "never",
+    "only",
+    "open",
+    "broken",
+    "glass",
+    "echo",
+    "summer",
+    "winter",
+    "flame",
+    "crown",
+    "thunder",
+    "honey",
+    "velvet",
+    "wire",
+    "engine",
+    "midnight",
+    "window",
+    "mirror",
+    "garden",
+    "desert",
+    "northern",
+    "southern",
+    "lonely",
+]
 
 # ----------------------------------------------------------------------------- synthesis
 
@@ -401,10 +453,30 @@ _FORMATS = [  # (format, sample rate, channels, kbps): mostly mp3, every format 
     ("wav", 22050, 2, None), ("mp3", 48000, 2, 224), ("flac", 48000, 1, None), ("ogg", 48000, 2, 128),
 ]  # fmt: skip
 _TITLE_WORDS = (
-    "Paper Moons", "Velvet Rain", "Northern Lights", "Broken Glass", "Silver River", "Golden Hour",
-    "Midnight Engine", "Wild Horses", "Cold Summer", "Open Road", "Thunder Bay", "Honey Wire",
-    "Lonely Crown", "Desert Bloom", "Ocean Floor", "Sweet Static", "Mirror Garden", "Stone Heart",
-    "Falling Slow", "Echo Chamber", "Burning Sky", "Blue Morning", "Southern Storm", "Winter Flame",
+    "Paper Moons",
+    "Velvet Rain",
+    "Northern Lights",
+    "Broken Glass",
+    "Silver River",
+    "Golden Hour",
+    "Midnight Engine",
+    "Wild Horses",
+    "Cold Summer",
+    "Open Road",
+    "Thunder Bay",
+    "Honey Wire",
+    "Lonely Crown",
+    "Desert Bloom",
+    "Ocean Floor",
+    "Sweet Static",
+    "Mirror Garden",
+    "Stone Heart",
+    "Falling Slow",
+    "Echo Chamber",
+    "Burning Sky",
+    "Blue Morning",
+    "Southern Storm",
+    "Winter Flame",
 )
 
 
@@ -530,8 +602,7 @@ def _manifest(size: str, seed: int, specs: list[SongSpec]) -> dict:
         "seed": seed,
         "vocalists": [asdict(VOCALISTS[i]) for i in range(SIZES[size].vocalists)],
         "files": [
-            {k: v for k, v in asdict(s).items() if k not in ("seed",)}
-            for s in sorted(specs, key=lambda s: s.path)
+            {k: v for k, v in asdict(s).items() if k not in ("seed",)} for s in sorted(specs, key=lambda s: s.path)
         ],
     }
 

@@ -25,7 +25,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from ml.cleaning import over_genre  # noqa: E402
 from ml.tables import write_bytes, write_text  # noqa: E402
 
-OVER_GENRE_COLOURS = {"Rock": "#c0392b", "Hip-hop": "#8e44ad", "DiscoSoul": "#d68910", "Pop": "#2e86c1", "Other": "#7f8c8d"}
+OVER_GENRE_COLOURS = {
+    "Rock": "#c0392b",
+    "Hip-hop": "#8e44ad",
+    "DiscoSoul": "#d68910",
+    "Pop": "#2e86c1",
+    "Other": "#7f8c8d",
+}
 
 
 @dataclass
@@ -79,7 +85,9 @@ def metadata_eda(
 
     # songs per artist, kept vs rejected (before cleaning, as read)
     artists = all_tracks["artist"].fillna("(no artist)") if len(all_tracks) else pd.Series(dtype=str)
-    per_artist = pd.DataFrame({"artist": artists, "kept": all_tracks["path"].isin(kept_paths) if len(all_tracks) else []})
+    per_artist = pd.DataFrame(
+        {"artist": artists, "kept": all_tracks["path"].isin(kept_paths) if len(all_tracks) else []}
+    )
     counts = per_artist.groupby("artist")["kept"].agg(kept="sum", total="count") if len(per_artist) else pd.DataFrame()
     fig = Figure(figsize=(8, 0.4 * max(len(counts), 4) + 1.2))
     ax = fig.subplots()
@@ -102,7 +110,11 @@ def metadata_eda(
     ax1, ax2 = fig.subplots(1, 2)
     if len(all_tracks):
         over = all_tracks["over_genre"].value_counts()
-        ax1.bar([_label(g) for g in over.index], over.values, color=[OVER_GENRE_COLOURS.get(g, "#7f8c8d") for g in over.index])
+        ax1.bar(
+            [_label(g) for g in over.index],
+            over.values,
+            color=[OVER_GENRE_COLOURS.get(g, "#7f8c8d") for g in over.index],
+        )
         sub = all_tracks["genre"].fillna("(none)").value_counts().head(20)
         _barh(ax2, list(sub.index), list(sub.values))
     else:

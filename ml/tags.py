@@ -179,9 +179,19 @@ def _properties(audio: mutagen.FileType) -> AudioProperties:
     info = audio.info
     kind = type(audio).__name__
     fmt = {
-        "MP3": "mp3", "EasyMP3": "mp3", "FLAC": "flac", "OggVorbis": "ogg", "OggOpus": "opus",
-        "OggFLAC": "ogg", "OggSpeex": "ogg", "MP4": "m4a", "EasyMP4": "m4a", "WAVE": "wav",
-        "AIFF": "aiff", "ASF": "wma", "AAC": "aac",
+        "MP3": "mp3",
+        "EasyMP3": "mp3",
+        "FLAC": "flac",
+        "OggVorbis": "ogg",
+        "OggOpus": "opus",
+        "OggFLAC": "ogg",
+        "OggSpeex": "ogg",
+        "MP4": "m4a",
+        "EasyMP4": "m4a",
+        "WAVE": "wav",
+        "AIFF": "aiff",
+        "ASF": "wma",
+        "AAC": "aac",
     }.get(kind, kind.lower())
     info_kind = type(info).__name__
     if info_kind == "MPEGInfo":

@@ -94,7 +94,9 @@ def run_pipeline(library: str | None = None) -> int:
                         instance=instance, partition_key=key, raise_on_error=False, run_config=QUIET_CONSOLE
                     )
                     if not result.success:
-                        console.print(f"[red]{job_name} failed{' for ' + key if key else ''}: see the run in the UI[/red]")
+                        console.print(
+                            f"[red]{job_name} failed{' for ' + key if key else ''}: see the run in the UI[/red]"
+                        )
                         return 1
                     progress.advance(task)
     _print_summary(paths, time.perf_counter() - started)

@@ -1,6 +1,5 @@
 """Jobs: register the library's releases, process one release, rebuild the catalogue-wide assets."""
 
-
 import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks

@@ -52,7 +52,9 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> pa.Table:
         if not context.has_asset_partitions:
             return self._read(self._path(context.asset_key, None), context.asset_key, None)
-        tables = [self._read(self._path(context.asset_key, k), context.asset_key, k) for k in context.asset_partition_keys]
+        tables = [
+            self._read(self._path(context.asset_key, k), context.asset_key, k) for k in context.asset_partition_keys
+        ]
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
     @staticmethod

@@ -66,7 +66,9 @@ def test_bad_files_are_rejected_with_reasons_and_the_batch_goes_on(tmp_path):
     result = scan_release(tmp_path, "Artist/Album", release, PARAMS)
     assert result.files_scanned == 5
     assert result.tracks.column("path").to_pylist() == ["Artist/Album/01 good.mp3"]
-    reasons = dict(zip(result.rejected.column("path").to_pylist(), result.rejected.column("reason").to_pylist(), strict=True))
+    reasons = dict(
+        zip(result.rejected.column("path").to_pylist(), result.rejected.column("reason").to_pylist(), strict=True)
+    )
     assert reasons == {
         "Artist/Album/02 truncated.mp3": "truncated",
         "Artist/Album/03 page.flac": "not_audio",

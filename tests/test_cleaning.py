@@ -22,7 +22,9 @@ def track(path, artist="Singer", title=None, duration=60.0, track_id=None, **ext
 def verdicts(rows, params=PARAMS):
     result = clean(table_from_rows(rows, TRACKS_SCHEMA), params)
     kept = set(result.kept.column("path").to_pylist())
-    rejected = dict(zip(result.rejected.column("path").to_pylist(), result.rejected.column("reason").to_pylist(), strict=True))
+    rejected = dict(
+        zip(result.rejected.column("path").to_pylist(), result.rejected.column("reason").to_pylist(), strict=True)
+    )
     assert len(kept) + len(rejected) == len(rows)  # nothing lost, nothing counted twice
     assert all(s == "clean_tracks" for s in result.rejected.column("stage").to_pylist())
     return kept, rejected
@@ -78,7 +80,13 @@ def test_duplicates_by_content_and_by_song():
     rows = [
         track("01 Song.mp3", title="Song", track_id="same"),
         track("Copy of 01 Song.mp3", title="Song", track_id="same"),
-        track("Song (2011 Remaster).ogg", title="Song (2011 Remastered Version)", duration=60.8, format="ogg", bitrate_kbps=96),
+        track(
+            "Song (2011 Remaster).ogg",
+            title="Song (2011 Remastered Version)",
+            duration=60.8,
+            format="ogg",
+            bitrate_kbps=96,
+        ),
         track("Song (Live).mp3", title="Song", duration=75.0),  # same title, other performance
         track("Other.mp3", title="Other"),
     ]  # fmt: skip
@@ -88,7 +96,10 @@ def test_duplicates_by_content_and_by_song():
 
 
 def test_lossless_copy_wins_over_lossy():
-    rows = [track("a.mp3", title="Song", bitrate_kbps=320), track("b.flac", title="Song", format="flac", bitrate_kbps=900)]
+    rows = [
+        track("a.mp3", title="Song", bitrate_kbps=320),
+        track("b.flac", title="Song", format="flac", bitrate_kbps=900),
+    ]
     kept, rejected = verdicts(rows)
     assert kept == {"b.flac"} and rejected == {"a.mp3": "duplicate_song"}
 

@@ -72,8 +72,6 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
         eda_event = instance.get_latest_materialization_event(dg.AssetKey("metadata_eda"))
         metadata = eda_event.asset_materialization.metadata
         assert any(k.startswith("plot_") and "data:image/png;base64," in v.value for k, v in metadata.items())
-        for key in keys:
-            assert instance.get_latest_materialization_event(dg.AssetKey("tracks")) is not None
         tracks_parts = instance.get_materialized_partitions(dg.AssetKey("tracks"))
         assert tracks_parts == set(keys)
 
@@ -98,8 +96,8 @@ def test_rerun_is_idempotent_and_a_new_album_is_one_new_partition(small_library,
     subprocess.run(["cp", str(donor), str(new_album / "01 New Song.flac")], check=True)
     untouched = {p: p.stat().st_mtime_ns for p in (data / "tracks").glob("*.parquet")}
     with dg.DagsterInstance.get() as instance:
-        from pipeline.partitions import sync_release_partitions
         from ml import config
+        from pipeline.partitions import sync_release_partitions
 
         added, removed = sync_release_partitions(instance, config.paths(library=library), config.load_params())
         assert (added, removed) == (["Dex Calder/Brand New Album"], [])
