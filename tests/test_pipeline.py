@@ -115,7 +115,8 @@ def _settings(library: Path):
     return ReconetSettings(library=str(library))
 
 
-def test_definitions_validate():
+def test_definitions_validate(project_dirs):
+    # DAGSTER_HOME points at a fresh, empty folder (project_dirs): validation must not need `make setup`
     proc = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=project_root(), capture_output=True, text=True, timeout=300,
