@@ -33,3 +33,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+
+# The separation backends: the official Spleeter environment, its model files, the PyTorch weights.
+scripts/setup_spleeter.sh
+
+# The project's Dagster instance folder (DAGSTER_HOME, see Makefile).
+mkdir -p .dagster

@@ -1,0 +1,273 @@
+"""Spleeter's 2-stems U-Net in PyTorch, with the official weights, streamed over files of any length.
+
+The network and the signal path are those of ``spleeter`` 2.4 (``model/functions/unet.py`` and
+``model/__init__.py``) with its ``2stems`` configuration:
+
+* 44.1 kHz stereo; STFT with a 4096-sample periodic Hann window and a 1024-sample hop, after a
+  frame of zeros is prepended; the magnitude of the lowest 1024 bins, cut into 512-frame chunks;
+* one U-Net per stem (vocals, accompaniment): six 5×5 stride-2 convolutions (16…512 filters,
+  batch norm, leaky ReLU 0.2), six 5×5 stride-2 transposed convolutions (ReLU, batch norm,
+  dropout), skip connections from the pre-norm encoder outputs, a 4×4 dilated convolution with a
+  sigmoid giving a soft mask that multiplies the input magnitude;
+* ratio masks from the squared outputs, zero above bin 1024, applied to the complex STFT, and an
+  inverse STFT with the same window (overlap-add scaled by 2/3).
+
+Each 512-frame chunk goes through the network on its own, so cutting a file into chunks and
+batching chunks of several files together gives exactly the result of the whole file at once;
+that is how memory stays bounded (a few chunks at a time) whatever the length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SAMPLE_RATE = 44100
+FRAME_LENGTH = 4096
+FRAME_STEP = 1024
+CHUNK_FRAMES = 512  # T: frames per network input
+MODEL_BINS = 1024  # F: the lowest STFT bins the network sees
+STEMS = ("vocals", "accompaniment")
+EPSILON = 1e-10
+ENCODER_FILTERS = (16, 32, 64, 128, 256, 512)
+CHUNK_SAMPLES = CHUNK_FRAMES * FRAME_STEP
+
+
+def _same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's 'same' padding (the extra sample goes after)."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+class SpleeterUNet(nn.Module):
+    """One stem's U-Net. Input and output: magnitudes (batch, 2 channels, frames, bins)."""
+
+    def __init__(self, in_channels: int = 2, filters: tuple[int, ...] = ENCODER_FILTERS) -> None:
+        super().__init__()
+        widths = (in_channels, *filters)
+        self.encoder = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 5, stride=2) for i in range(len(filters)))
+        self.encoder_norm = nn.ModuleList(nn.BatchNorm2d(f, eps=1e-3) for f in filters)
+        # decoder i maps to filters[-2-i] (1 at the end); from the second on its input is a skip concat
+        outs = (*filters[-2::-1], 1)
+        ins = (filters[-1], *(2 * f for f in filters[-2::-1]))
+        self.decoder = nn.ModuleList(nn.ConvTranspose2d(i, o, 5, stride=2) for i, o in zip(ins, outs, strict=True))
+        self.decoder_norm = nn.ModuleList(nn.BatchNorm2d(o, eps=1e-3) for o in outs)
+        self.mask = nn.Conv2d(1, in_channels, 4, dilation=2)
+
+    def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
+        x = magnitude
+        skips = []
+        for i, (conv, norm) in enumerate(zip(self.encoder, self.encoder_norm, strict=True)):
+            top, bottom = _same_pad(x.shape[2], 5, 2)
+            left, right = _same_pad(x.shape[3], 5, 2)
+            conv_out = conv(F.pad(x, (left, right, top, bottom)))
+            skips.append(conv_out)  # Spleeter concatenates the pre-norm convolution outputs
+            x = F.leaky_relu(norm(conv_out), 0.2) if i < len(self.encoder) - 1 else conv_out
+        for i, (deconv, norm) in enumerate(zip(self.decoder, self.decoder_norm, strict=True)):
+            h, w = x.shape[2], x.shape[3]
+            x = deconv(x)[:, :, 1 : 2 * h + 1, 1 : 2 * w + 1]  # TF 'same' for a stride-2 transpose
+            x = norm(F.relu(x))  # dropout: identity at inference
+            if i < len(self.decoder) - 1:
+                x = torch.cat([skips[-2 - i], x], dim=1)
+        top, bottom = _same_pad(x.shape[2], 4, 1, dilation=2)
+        left, right = _same_pad(x.shape[3], 4, 1, dilation=2)
+        mask = torch.sigmoid(self.mask(F.pad(x, (left, right, top, bottom))))
+        return mask * magnitude
+
+
+class Spleeter2Stems(nn.Module):
+    """Both U-Nets; ``forward`` returns the soft ratio masks (vocals, accompaniment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vocals = SpleeterUNet()
+        self.accompaniment = SpleeterUNet()
+
+    def forward(self, magnitude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vocals = self.vocals(magnitude).float() ** 2
+        accompaniment = self.accompaniment(magnitude).float() ** 2
+        total = vocals + accompaniment + EPSILON
+        return (vocals + EPSILON / 2) / total, (accompaniment + EPSILON / 2) / total
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_spleeter(weights: str | Path, device: torch.device, half: bool = False) -> Spleeter2Stems:
+    """The model with the converted official weights (safetensors: no code is loaded)."""
+    from safetensors.torch import load_file
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"Spleeter weights not found at {weights}: run `make setup` (scripts/setup_spleeter.sh converts them)"
+        )
+    model = Spleeter2Stems()
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        extra = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        raise ValueError(f"{weights}: not a Spleeter 2-stems weight file ({extra})")
+    model = model.eval().to(device)
+    return model.half() if half and device.type == "cuda" else model
+
+
+# --------------------------------------------------------------------------- streaming separation
+
+
+@dataclass
+class _Stream:
+    """One file on its way through the network: samples waiting to be framed, overlap carried."""
+
+    key: object
+    blocks: Iterator[np.ndarray]  # (n, 2) float32 at 44.1 kHz
+    pending: np.ndarray = field(default_factory=lambda: np.zeros((FRAME_LENGTH, 2), np.float32))  # the zero frame
+    samples_in: int = 0
+    exhausted: bool = False
+    chunks_sent: int = 0
+    tail: np.ndarray | None = None  # (stems, channels, FRAME_LENGTH - FRAME_STEP) overlap-add carry
+
+
+@dataclass
+class _Chunk:
+    stream: _Stream
+    index: int
+    samples: np.ndarray  # padded samples [index*T*hop, index*T*hop + (T-1)*hop + L)
+    keep: tuple[int, int]  # the range of its first T*hop samples that are original samples
+    last: bool
+
+
+@dataclass
+class SeparatedBlock:
+    """A stretch of one file's stems, in order: ``vocals`` and ``accompaniment`` are (n, 2) float32,
+    ``mix`` the matching input samples. ``last`` marks the file's final block."""
+
+    key: object
+    vocals: np.ndarray
+    accompaniment: np.ndarray
+    mix: np.ndarray
+    last: bool
+
+
+class SpleeterSeparator:
+    """Separates files in a stream: chunks of several files share a batch; output comes in blocks."""
+
+    def __init__(self, model: Spleeter2Stems, device: torch.device, batch_chunks: int = 4) -> None:
+        self.model = model
+        self.device = device
+        self.batch_chunks = max(1, batch_chunks)
+        self.dtype = next(model.parameters()).dtype
+        self.window = torch.hann_window(FRAME_LENGTH, periodic=True, device=device)
+
+    @staticmethod
+    def _next_chunk(stream: _Stream) -> _Chunk:
+        """The stream's next 512 frames (zeros past its end); ``last`` once no frame is left."""
+        need = (CHUNK_FRAMES - 1) * FRAME_STEP + FRAME_LENGTH
+        parts, have = [stream.pending], len(stream.pending)
+        while have < need and not stream.exhausted:
+            block = next(stream.blocks, None)
+            if block is None:
+                stream.exhausted = True
+                break
+            parts.append(block)
+            stream.samples_in += len(block)
+            have += len(block)
+        samples = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if len(samples) < need:
+            samples = np.concatenate([samples, np.zeros((need - len(samples), 2), np.float32)])
+        index = stream.chunks_sent
+        stream.pending = samples[CHUNK_SAMPLES:]
+        stream.chunks_sent += 1
+        start = index * CHUNK_SAMPLES
+        keep_to = CHUNK_SAMPLES
+        last = False
+        if stream.exhausted:
+            # tf.signal.stft(pad_end=True) makes ceil(padded length / hop) frames
+            frames_total = -(-(stream.samples_in + FRAME_LENGTH) // FRAME_STEP)
+            last = (index + 1) * CHUNK_FRAMES >= frames_total
+            keep_to = min(keep_to, FRAME_LENGTH + stream.samples_in - start)
+        keep_from = max(FRAME_LENGTH - start, 0)  # the prepended zero frame is not output
+        return _Chunk(stream, index, samples[:need], (keep_from, max(keep_to, keep_from)), last)
+
+    @torch.inference_mode()
+    def _run_batch(self, chunks: list[_Chunk]) -> np.ndarray:
+        """Samples -> both stems, overlap-added over each chunk: (batch, stems, channels, span)."""
+        x = torch.from_numpy(np.stack([c.samples for c in chunks])).to(self.device).transpose(1, 2)
+        frames = x.unfold(-1, FRAME_LENGTH, FRAME_STEP) * self.window  # (B, 2, T, L)
+        stft = torch.fft.rfft(frames, dim=-1)  # (B, 2, T, L/2+1)
+        masks = self.model(stft[..., :MODEL_BINS].abs().to(self.dtype))
+        stems = []
+        for mask in masks:
+            full = F.pad(mask.float(), (0, stft.shape[-1] - MODEL_BINS))  # mask_extension: zeros
+            stems.append(torch.fft.irfft(full * stft, n=FRAME_LENGTH, dim=-1) * self.window)
+        stem_frames = torch.stack(stems, dim=1)  # (B, stems, 2, T, L)
+        b, s, c = stem_frames.shape[:3]
+        span = (CHUNK_FRAMES - 1) * FRAME_STEP + FRAME_LENGTH
+        ola = F.fold(
+            stem_frames.reshape(b * s * c, CHUNK_FRAMES, FRAME_LENGTH).transpose(1, 2),
+            output_size=(1, span), kernel_size=(1, FRAME_LENGTH), stride=(1, FRAME_STEP),
+        )  # fmt: skip
+        return (ola.reshape(b, s, c, span) * (2.0 / 3.0)).float().cpu().numpy()
+
+    @staticmethod
+    def _emit(chunk: _Chunk, ola: np.ndarray) -> SeparatedBlock:
+        """Add the carried overlap; emit the samples no later frame touches; carry the rest."""
+        stream = chunk.stream
+        overlap = FRAME_LENGTH - FRAME_STEP
+        if stream.tail is not None:
+            ola[..., :overlap] += stream.tail
+        stream.tail = ola[..., CHUNK_SAMPLES:]
+        lo, hi = chunk.keep
+        return SeparatedBlock(
+            key=stream.key,
+            vocals=np.ascontiguousarray(ola[0, :, lo:hi].T),
+            accompaniment=np.ascontiguousarray(ola[1, :, lo:hi].T),
+            mix=chunk.samples[lo:hi],
+            last=chunk.last,
+        )
+
+    def separate(self, sources: Iterable[tuple[object, Iterable[np.ndarray]]]) -> Iterator[SeparatedBlock]:
+        """Separate many files: ``sources`` yields (key, stereo 44.1 kHz float32 blocks). Each
+        file's blocks come out in order, the final one with ``last`` set (an empty file gives one
+        empty block). Blocks are produced lazily: a file's source is read only as far as needed."""
+        sources = iter(sources)
+        current: _Stream | None = None
+        while True:
+            batch: list[_Chunk] = []
+            while len(batch) < self.batch_chunks:
+                if current is None:
+                    nxt = next(sources, None)
+                    if nxt is None:
+                        break
+                    current = _Stream(key=nxt[0], blocks=iter(nxt[1]))
+                chunk = self._next_chunk(current)
+                batch.append(chunk)
+                if chunk.last:
+                    current = None
+            if not batch:
+                return
+            ola = self._run_batch(batch)
+            for i, chunk in enumerate(batch):
+                yield self._emit(chunk, ola[i])
+
+
+def separate_array(
+    separator: SpleeterSeparator, audio: np.ndarray, block: int = 1 << 18
+) -> tuple[np.ndarray, np.ndarray]:
+    """Separate one in-memory stereo signal (n, 2): returns (vocals, accompaniment)."""
+    blocks = (audio[i : i + block].astype(np.float32) for i in range(0, len(audio), block))
+    parts = list(separator.separate([(0, blocks)]))
+    return np.concatenate([p.vocals for p in parts]), np.concatenate([p.accompaniment for p in parts])
