@@ -63,6 +63,31 @@ class Paths:
         return self.reports / "eda"
 
     @cached_property
+    def vocals(self) -> Path:
+        """The stem cache (``ml/stems.py``): ``RECONET_STEMS_DIR`` or ``<data>/vocals``. Stems are
+        large and keyed by content, so several projects may share one cache (on a bigger disk)."""
+        stems = os.environ.get("RECONET_STEMS_DIR")
+        return _resolve(self.root, stems) if stems else self.data / "vocals"
+
+    @cached_property
+    def models(self) -> Path:
+        """Model files the setup installs: ``RECONET_MODELS_DIR`` or ``<root>/models``."""
+        return _resolve(self.root, os.environ.get("RECONET_MODELS_DIR", "models"))
+
+    @cached_property
+    def spleeter_checkpoint(self) -> Path:
+        return self.models / "spleeter" / "2stems"
+
+    @cached_property
+    def spleeter_weights(self) -> Path:
+        return self.models / "spleeter-2stems.safetensors"
+
+    @cached_property
+    def spleeter_python(self) -> Path:
+        """The official Spleeter's interpreter: ``RECONET_SPLEETER_PYTHON`` or ``<root>/.venv-spleeter``."""
+        return _resolve(self.root, os.environ.get("RECONET_SPLEETER_PYTHON", ".venv-spleeter/bin/python"))
+
+    @cached_property
     def dagster_home(self) -> Path:
         """Dagster's instance folder (runs, logs, partitions): DAGSTER_HOME or ``<root>/.dagster``."""
         return Path(os.environ.get("DAGSTER_HOME") or self.root / ".dagster").resolve()

@@ -108,17 +108,19 @@ def _print_summary(paths: config.Paths, seconds: float) -> None:
 
     kept = read_table(paths.tables / "clean_tracks.parquet")
     rejected = read_table(paths.tables / "rejected.parquet")
-    table = Table(title=f"reconet catalogue ({seconds:.1f} s)")
+    with_vocals = sum(read_table(p).num_rows for p in (paths.tables / "vocals").glob("*.parquet"))
+    table = Table(title=f"reconet pipeline ({seconds:.1f} s)")
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("files scanned", str(kept.num_rows + rejected.num_rows))
-    table.add_row("kept tracks", str(kept.num_rows))
+    table.add_row("clean tracks", str(kept.num_rows))
+    table.add_row("tracks with vocals", str(with_vocals))
     table.add_row("artists", str(len(set(kept.column("artist").to_pylist()))))
     reasons = Counter(zip(rejected.column("stage").to_pylist(), rejected.column("reason").to_pylist(), strict=True))
     for (stage, reason), n in sorted(reasons.items()):
         table.add_row(f"rejected: {stage} / {reason}", str(n))
     Console().print(table)
-    console.print(f"tables:  {paths.tables}\nreports: {paths.eda_reports}")
+    console.print(f"tables:  {paths.tables}\nstems:   {paths.vocals}\nreports: {paths.eda_reports}")
     console.print(f"UI:      DAGSTER_HOME={paths.dagster_home} .venv/bin/dagster dev -w workspace.yaml  (or: make ui)")
 
 

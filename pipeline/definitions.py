@@ -6,12 +6,13 @@ import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks
 from assets.metadata_eda import metadata_eda
-from pipeline.jobs import catalogue_job, register_releases_job, release_job
+from assets.vocals import vocals
+from pipeline.jobs import catalogue_job, register_releases_job, release_job, report_job, vocals_job
 from pipeline.resources import ParquetTableIOManager, ReconetSettings
 
 defs = dg.Definitions(
-    assets=[tracks, clean_tracks, rejected, metadata_eda],
-    jobs=[register_releases_job, release_job, catalogue_job],
+    assets=[tracks, clean_tracks, rejected, metadata_eda, vocals],
+    jobs=[register_releases_job, release_job, catalogue_job, vocals_job, report_job],
     resources={
         "settings": ReconetSettings(),
         "table_io_manager": ParquetTableIOManager(),

@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks
 from assets.metadata_eda import metadata_eda
+from assets.vocals import vocals
 from pipeline.partitions import sync_release_partitions
 from pipeline.resources import ReconetSettings
 
@@ -26,14 +27,27 @@ def register_releases_job() -> None:
 
 # Per-release work: run once per partition (the UI's partition picker, a backfill, or `reconet run`).
 release_job = dg.define_asset_job(
-    "release_job", selection=dg.AssetSelection.assets(tracks), description="Process one release (album folder).",
+    "release_job", selection=dg.AssetSelection.assets(tracks), description="Read one release (album folder).",
 )  # fmt: skip
 
-# Catalogue-wide work, after the releases: cleaning, the rejected ledger, the EDA.
+# Catalogue-wide cleaning, once every release is read (duplicates span releases).
 catalogue_job = dg.define_asset_job(
-    "catalogue_job", selection=dg.AssetSelection.assets(clean_tracks, rejected, metadata_eda),
-    description="Clean the whole catalogue, gather rejections and explore it.",
+    "catalogue_job", selection=dg.AssetSelection.assets(clean_tracks),
+    description="Clean the whole catalogue: interludes, duets, compilations, duplicates.",
 )  # fmt: skip
 
-# The main job runs these in order: releases first (each partition), then the catalogue.
-MAIN_JOB_PHASES: tuple[tuple[str, bool], ...] = (("release_job", True), ("catalogue_job", False))
+# Vocal isolation of one release's clean tracks.
+vocals_job = dg.define_asset_job(
+    "vocals_job", selection=dg.AssetSelection.assets(vocals), description="Isolate the vocals of one release.",
+)  # fmt: skip
+
+# Everything left out, by every stage, and the catalogue's EDA.
+report_job = dg.define_asset_job(
+    "report_job", selection=dg.AssetSelection.assets(rejected, metadata_eda),
+    description="Gather every rejection and explore the catalogue.",
+)  # fmt: skip
+
+# The main job runs these in order; True marks a per-release job (run for each partition).
+MAIN_JOB_PHASES: tuple[tuple[str, bool], ...] = (
+    ("release_job", True), ("catalogue_job", False), ("vocals_job", True), ("report_job", False),
+)  # fmt: skip

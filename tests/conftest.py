@@ -38,12 +38,21 @@ def small_library(tmp_path_factory) -> tuple[Path, dict]:
     return directory, manifest
 
 
+@pytest.fixture(scope="session")
+def shared_stems(tmp_path_factory) -> Path:
+    """One stem cache for the session's project runs: stems are keyed by content, so runs over the
+    same library separate each track once (as projects sharing RECONET_STEMS_DIR do)."""
+    return tmp_path_factory.mktemp("stems")
+
+
 @pytest.fixture
-def project_dirs(tmp_path, monkeypatch) -> dict[str, Path]:
-    """Data, reports and Dagster folders of a throw-away project run."""
+def project_dirs(tmp_path, monkeypatch, shared_stems) -> dict[str, Path]:
+    """Data, reports and Dagster folders of a throw-away project run (stems in the session cache)."""
     dirs = {name: tmp_path / name for name in ("data", "reports", "dagster_home")}
     for d in dirs.values():
         d.mkdir()
+    dirs["stems"] = shared_stems
+    monkeypatch.setenv("RECONET_STEMS_DIR", str(shared_stems))
     monkeypatch.setenv("RECONET_DATA_DIR", str(dirs["data"]))
     monkeypatch.setenv("RECONET_REPORTS_DIR", str(dirs["reports"]))
     monkeypatch.setenv("DAGSTER_HOME", str(dirs["dagster_home"]))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import soundfile as sf
 
 from ml.config import project_root
 from ml.tables import read_table
@@ -16,16 +17,18 @@ from tests.conftest import audio_files
 pytestmark = pytest.mark.slow
 
 
-def _expected(manifest: dict) -> tuple[dict[str, tuple[str, str]], set[str]]:
-    """(path -> (stage, reason)) for planted rejections this stage catches; paths to keep."""
-    rejected, kept = {}, set()
+def _expected(manifest: dict) -> tuple[dict[str, tuple[str, str]], set[str], set[str]]:
+    """(path -> (stage, reason)) for every planted case; paths cleaning keeps; paths with vocals."""
+    rejected, clean, sung = {}, set(), set()
     for f in manifest["files"]:
         expect = f["expect"]
-        if expect and expect["stage"] in ("tracks", "clean_tracks"):
+        if expect:
             rejected[f["path"]] = (expect["stage"], expect["reason"])
-        else:  # good songs, plus what later stages catch (the instrumental needs separated vocals)
-            kept.add(f["path"])
-    return rejected, kept
+        if not expect or expect["stage"] == "vocals":  # the instrumental is caught from its stems
+            clean.add(f["path"])
+        if not expect:
+            sung.add(f["path"])
+    return rejected, clean, sung
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -43,20 +46,30 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
     before = _snapshot(library)
     proc = _run_cli("run", "--library", str(library))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "kept tracks" in proc.stdout and "rejected: tracks / truncated" in proc.stdout
+    assert "tracks with vocals" in proc.stdout and "rejected: vocals / instrumental" in proc.stdout
 
     data = project_dirs["data"]
     kept = read_table(data / "tables" / "clean_tracks.parquet")
     rejected = read_table(data / "tables" / "rejected.parquet")
+    vocals = _vocals_table(data)
     kept_paths = set(kept.column("path").to_pylist())
+    sung_paths = set(vocals.column("path").to_pylist())
     got = {r["path"]: (r["stage"], r["reason"]) for r in rejected.to_pylist()}
 
-    expected_rejected, expected_kept = _expected(manifest)
+    expected_rejected, expected_clean, expected_sung = _expected(manifest)
     assert got == expected_rejected  # every planted case, with the right stage and reason
-    assert kept_paths == expected_kept  # every good track kept
+    assert kept_paths == expected_clean  # every good track survives cleaning
+    assert sung_paths == expected_sung  # every sung track has vocals; the instrumental does not
     scanned = audio_files(library)
-    assert sorted(kept_paths | set(got)) == scanned and len(kept_paths) + len(got) == len(scanned)  # nothing lost
+    assert sorted(sung_paths | set(got)) == scanned and len(sung_paths) + len(got) == len(scanned)  # nothing lost
     assert len(set(kept.column("track_id").to_pylist())) == kept.num_rows
+    for row in vocals.to_pylist():  # real stems, as long as their source
+        info = sf.info(project_dirs["stems"] / row["vocals_path"])
+        assert info.samplerate == 44100 and info.channels == 2
+        assert abs(info.duration - row["duration_s"]) < 0.01
+        source = next(t for t in kept.to_pylist() if t["track_id"] == row["track_id"])
+        assert abs(row["duration_s"] - source["duration_s"]) < 0.1
+        assert row["vocal_active_fraction"] > 0.2 and row["backend"] == "torch"
     hostile = next(r for r in kept.to_pylist() if r["title"] == "../../etc/passwd")
     assert hostile["album"] == "..\\..\\Windows\\System32"
     assert _snapshot(library) == before  # the library is read, never written
@@ -74,6 +87,18 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
         assert any(k.startswith("plot_") and "data:image/png;base64," in v.value for k, v in metadata.items())
         tracks_parts = instance.get_materialized_partitions(dg.AssetKey("tracks"))
         assert tracks_parts == set(keys)
+        assert instance.get_materialized_partitions(dg.AssetKey("vocals")) == set(keys)
+
+
+def _vocals_table(data: Path):
+    import pyarrow as pa
+
+    return pa.concat_tables(read_table(p) for p in sorted((data / "tables" / "vocals").glob("*.parquet")))
+
+
+def _vocals_metadata(instance: dg.DagsterInstance, key: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey("vocals"), partition=key)
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def test_rerun_is_idempotent_and_a_new_album_is_one_new_partition(small_library, project_dirs, tmp_path):
@@ -85,9 +110,16 @@ def test_rerun_is_idempotent_and_a_new_album_is_one_new_partition(small_library,
     first_rejected = read_table(data / "rejected.parquet")
     first_kept = read_table(data / "clean_tracks.parquet")
 
+    first_vocals = _vocals_table(project_dirs["data"])
+
     assert _run_cli("run", "--library", str(library)).returncode == 0  # same input, same tables
     assert read_table(data / "rejected.parquet").equals(first_rejected)
     assert read_table(data / "clean_tracks.parquet").equals(first_kept)
+    assert _vocals_table(project_dirs["data"]).equals(first_vocals)
+    with dg.DagsterInstance.get() as instance:  # the second run separated nothing: all from the cache
+        for key in instance.get_dynamic_partitions(releases.name):
+            meta = _vocals_metadata(instance, key)
+            assert meta["separated_now"] == 0 and meta["from_cache"] == meta["clean_tracks"]
 
     # a new album arrives: one new partition; the other releases' tables are untouched
     new_album = library / "Dex Calder" / "Brand New Album"

@@ -1,0 +1,102 @@
+"""The `vocals` asset: Spleeter 2-stems vocal isolation for every clean track of one release."""
+
+from collections import Counter
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from ml.device import device_from_params
+from ml.rejected import record_rejected
+from ml.separation import SeparationInput, SeparationParams, assess, checkpoint_sha256, separate_with_torch
+from ml.stems import StemCache
+from pipeline.partitions import releases
+from pipeline.resources import ReconetSettings
+
+WORKER = "pipeline/spleeter_worker.py"
+
+
+class VocalsConfig(dg.Config):
+    """Launchpad settings; empty values use params.yaml's `separation` section."""
+
+    backend: str = Field(default="", description="torch (default) or spleeter (the official reference)")
+
+
+def _separate_with_official_spleeter(context, settings: ReconetSettings, todo, cache: StemCache):
+    """Run the official Spleeter in its own environment through Dagster Pipes; returns failures."""
+    from ml.separation import Failure
+
+    paths = settings.paths()
+    if not paths.spleeter_python.exists():
+        raise dg.Failure(f"the official Spleeter environment is missing ({paths.spleeter_python}): run `make setup`")
+    extras = {
+        "model_dir": str(paths.spleeter_checkpoint),
+        "cache_root": str(paths.vocals),
+        "model_sha256": cache.model_sha256,
+        "tracks": [{"track_id": t.track_id, "path": str(t.path)} for t in todo],
+    }
+    invocation = dg.PipesSubprocessClient(forward_stdio=False).run(
+        command=[str(paths.spleeter_python), str(paths.root / WORKER)],
+        context=context,
+        extras=extras,
+    )
+    return [
+        Failure(m["track_id"], m["reason"], m["detail"])
+        for m in invocation.get_custom_messages()
+        if isinstance(m, dict) and m.get("status") == "failed"
+    ]
+
+
+@dg.asset(
+    partitions_def=releases,
+    group_name="separation",
+    io_manager_key="table_io_manager",
+    kinds={"pytorch", "parquet"},
+)
+def vocals(
+    context: dg.AssetExecutionContext, config: VocalsConfig, settings: ReconetSettings, clean_tracks: pa.Table
+) -> pa.Table:
+    """The isolated vocals (and accompaniment) of every clean track of one release, cached by
+    (audio, model, backend) under `data/vocals/`. Tracks whose vocals stay quiet (instrumentals),
+    silent or undecodable tracks go to `rejected` (stage `vocals`)."""
+    params, paths = settings.params(), settings.paths()
+    separation = SeparationParams.from_params(params, backend=config.backend or None)
+    release = context.partition_key
+    tracks = clean_tracks.filter(pc.equal(clean_tracks.column("release"), release))
+    cache = StemCache(paths.vocals, separation.backend, checkpoint_sha256(paths.spleeter_checkpoint))
+    if removed := cache.clean_partial():
+        context.log.info(f"removed {removed} partial stem folder(s) left by an interrupted run")
+    todo = [
+        SeparationInput(r["track_id"], paths.library / r["path"])
+        for r in tracks.to_pylist()
+        if cache.get(r["track_id"]) is None
+    ]
+    cached = tracks.num_rows - len(todo)
+    context.log.info(f"{release}: {tracks.num_rows} clean tracks, {cached} already separated, {len(todo)} to do "
+                     f"with the {separation.backend} backend")  # fmt: skip
+    if separation.backend == "torch":
+        device = device_from_params(params)
+        failures = separate_with_torch(todo, cache, paths.spleeter_weights, device, separation, logger=context.log)
+    else:
+        failures = _separate_with_official_spleeter(context, settings, todo, cache) if todo else []
+    result = assess(tracks, cache, failures, separation, paths.vocals)
+    record_rejected(paths.rejected, "vocals", release, result.rejected)
+    for row in result.rejected.to_pylist():
+        context.log.warning(f"rejected {row['path']}: {row['reason']}: {row['detail']}")
+    if result.vocals.num_rows + result.rejected.num_rows != tracks.num_rows:
+        raise dg.Failure("separation lost tracks: kept + rejected differs from the clean tracks of the release")
+    context.add_output_metadata(
+        {
+            "backend": separation.backend,
+            "model_sha256": cache.model_sha256,
+            "clean_tracks": tracks.num_rows,
+            "separated_now": len(todo) - len(failures),
+            "from_cache": cached,
+            "with_vocals": result.vocals.num_rows,
+            "rejected": dg.MetadataValue.json(dict(Counter(result.rejected.column("reason").to_pylist()))),
+            "audio_minutes": round(sum(result.vocals.column("duration_s").to_pylist()) / 60, 1),
+            "stems": dg.MetadataValue.path(str(cache.directory)),
+        }
+    )
+    return result.vocals

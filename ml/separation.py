@@ -1,0 +1,240 @@
+"""Vocal isolation (Spleeter 2-stems) for every clean track, and the rules that need the vocals.
+
+Two backends produce the same stems into the same kind of cache (``ml/stems.py``):
+
+* ``torch`` (default): the official weights in the PyTorch port of ``ml/unet.py``, streamed in
+  512-frame chunks (memory bounded whatever the length), chunks of several tracks batched
+  together, on the device ``ml/device.py`` picks;
+* ``spleeter``: Deezer's own implementation in its own environment, driven by the `vocals`
+  asset through Dagster Pipes (``pipeline/spleeter_worker.py``) — the reference.
+
+Both are keyed by the official checkpoint's SHA-256, so a track is separated once per backend.
+After separation, :func:`assess` applies the rules that need the vocals: empty and silent
+inputs, and instrumentals (a vocal stem that stays quiet for nearly all the track).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ml.stems import STEM_SAMPLE_RATE, StemCache, StemEntry
+from ml.tables import REJECTED_SCHEMA, table_from_rows
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "spleeter")
+
+VOCALS_SCHEMA = pa.schema(
+    [
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("release", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # the source file, relative to the library
+        pa.field("artist", pa.string()),
+        pa.field("album", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("over_genre", pa.string()),
+        pa.field("vocals_path", pa.string(), nullable=False),  # relative to the stem cache (data/vocals)
+        pa.field("accompaniment_path", pa.string(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("mix_dbfs", pa.float64()),
+        pa.field("vocals_dbfs", pa.float64()),
+        pa.field("vocal_to_mix_db", pa.float64()),  # energy of the vocal stem relative to the mix
+        pa.field("vocal_active_fraction", pa.float64()),  # share of 100 ms frames with audible vocals
+        pa.field("backend", pa.string(), nullable=False),
+        pa.field("model_sha256", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SeparationParams:
+    backend: str = "torch"
+    batch_chunks: int = 4  # 512-frame chunks (≈ 11.9 s each) per network call
+    half_precision: bool = False  # CUDA only
+    silent_below_dbfs: float = -60.0  # a whole mix quieter than this is silence
+    vocal_frame_db: float = -20.0  # a 100 ms frame has vocals when its vocal level is within this of the mix's
+    vocal_frame_floor_dbfs: float = -50.0  # ...and above this absolute level
+    min_vocal_fraction: float = 0.05  # fewer vocal frames than this: instrumental
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], backend: str | None = None) -> SeparationParams:
+        section = dict(params.get("separation", {}))
+        section.pop("instrumental", None)
+        rule = params.get("separation", {}).get("instrumental", {})
+        fields = {k: v for k, v in {**section, **rule}.items() if k in cls.__dataclass_fields__}
+        if backend:
+            fields["backend"] = backend
+        settings = cls(**fields)
+        if settings.backend not in BACKENDS:
+            raise ValueError(f"separation.backend must be one of {BACKENDS}, not {settings.backend!r}")
+        return settings
+
+
+@dataclass(frozen=True)
+class SeparationInput:
+    track_id: str
+    path: Path  # absolute
+
+
+@dataclass(frozen=True)
+class Failure:
+    track_id: str
+    reason: str
+    detail: str
+
+
+def checkpoint_sha256(model_dir: Path) -> str:
+    """The official checkpoint's id: the SHA-256 of its weights file (both backends use it)."""
+    from ml.unet import file_sha256
+
+    data = Path(model_dir) / "model.data-00000-of-00001"
+    if not data.is_file():
+        raise FileNotFoundError(f"Spleeter 2-stems checkpoint not found in {model_dir}: run `make setup`")
+    return file_sha256(data)
+
+
+# --------------------------------------------------------------------------- torch backend
+
+
+def separate_with_torch(
+    tracks: Sequence[SeparationInput],
+    cache: StemCache,
+    weights: Path,
+    device: Any,
+    settings: SeparationParams,
+    logger: logging.Logger | Any = None,
+    on_done: Callable[[int, int], None] | None = None,
+) -> list[Failure]:
+    """Separate ``tracks`` into ``cache``; a track that cannot be decoded becomes a Failure."""
+    from ml.audio import AudioDecodeError, stream_audio, to_stereo
+    from ml.unet import SpleeterSeparator, load_spleeter
+
+    logger = logger or log
+    if not tracks:
+        return []
+    model = load_spleeter(weights, device, half=settings.half_precision)
+    separator = SpleeterSeparator(model, device, batch_chunks=settings.batch_chunks)
+    failures: dict[str, Failure] = {}
+
+    def blocks(track: SeparationInput) -> Iterator[np.ndarray]:
+        try:
+            for block in stream_audio(track.path, STEM_SAMPLE_RATE):
+                yield to_stereo(block)
+        except AudioDecodeError as exc:
+            failures[track.track_id] = Failure(track.track_id, "undecodable", str(exc))
+
+    by_id = {t.track_id: t for t in tracks}
+    writers: dict[str, Any] = {}
+    started, audio_s, done = time.perf_counter(), 0.0, 0
+    try:
+        for block in separator.separate((t.track_id, blocks(t)) for t in tracks):
+            track_id = block.key
+            if track_id not in writers:
+                writers[track_id] = cache.writer(track_id)
+            writers[track_id].write(block.vocals, block.accompaniment, block.mix)
+            if not block.last:
+                continue
+            writer = writers.pop(track_id)
+            done += 1
+            track = by_id[track_id]
+            if track_id in failures:
+                writer.abort()
+                logger.warning(f"[{done}/{len(tracks)}] {track.path.name}: {failures[track_id].detail}")
+            else:
+                entry = writer.commit(
+                    {"track_id": track_id, "backend": "torch", "model_sha256": cache.model_sha256,
+                     "model": "spleeter 2stems (PyTorch port)", "device": str(device)}
+                )  # fmt: skip
+                audio_s += entry.meta["duration_s"]
+                elapsed = time.perf_counter() - started
+                logger.info(
+                    f"[{done}/{len(tracks)}] {track.path.name}: {entry.meta['duration_s']:.0f} s of audio "
+                    f"(so far {audio_s / 60:.1f} min in {elapsed:.0f} s, {audio_s / max(elapsed, 1e-9):.1f}× realtime)"
+                )
+            if on_done:
+                on_done(done, len(tracks))
+    finally:
+        for writer in writers.values():  # an interrupted batch leaves no partial entry
+            writer.abort()
+    return list(failures.values())
+
+
+# --------------------------------------------------------------------------- rules that need vocals
+
+
+@dataclass
+class Assessment:
+    vocals: pa.Table
+    rejected: pa.Table
+
+
+def vocal_active_fraction(entry: StemEntry, settings: SeparationParams) -> float:
+    """Share of 100 ms frames where the vocal stem is audible against the mix."""
+    vocal_db, _ = entry.activity()
+    if not len(vocal_db):
+        return 0.0
+    threshold = max(entry.meta["mix_dbfs"] + settings.vocal_frame_db, settings.vocal_frame_floor_dbfs)
+    return float(np.mean(vocal_db > threshold))
+
+
+def assess(
+    tracks: pa.Table,
+    cache: StemCache,
+    failures: Sequence[Failure],
+    settings: SeparationParams,
+    stems_root: Path,
+) -> Assessment:
+    """Every clean track of a release ends up either in the vocals table or rejected (stage `vocals`)."""
+    failed = {f.track_id: f for f in failures}
+    kept, rejected = [], []
+    for row in tracks.to_pylist():
+        reject = lambda reason, detail: rejected.append(  # noqa: E731
+            {"path": row["path"], "release": row["release"], "track_id": row["track_id"],
+             "stage": "vocals", "reason": reason, "detail": detail}
+        )  # fmt: skip
+        if row["track_id"] in failed:
+            f = failed[row["track_id"]]
+            reject(f.reason, f.detail)
+            continue
+        entry = cache.get(row["track_id"])
+        if entry is None:
+            reject("not_separated", f"no {cache.backend} stems were produced for it (see the run's log)")
+            continue
+        meta = entry.meta
+        if meta["duration_s"] <= 0:
+            reject("empty", "decodes to no audio")
+            continue
+        if meta["mix_dbfs"] < settings.silent_below_dbfs:
+            reject("silent", f"the whole track is at {meta['mix_dbfs']:.0f} dBFS (silence)")
+            continue
+        active = vocal_active_fraction(entry, settings)
+        if active < settings.min_vocal_fraction:
+            reject(
+                "instrumental",
+                f"vocals audible in {active:.1%} of the track (< {settings.min_vocal_fraction:.0%}); "
+                f"vocal stem at {meta['vocal_to_mix_db']:.1f} dB of the mix",
+            )
+            continue
+        kept.append(
+            {
+                **{k: row.get(k) for k in ("track_id", "release", "path", "artist", "album", "title", "over_genre")},
+                "vocals_path": entry.vocals.relative_to(stems_root).as_posix(),
+                "accompaniment_path": entry.accompaniment.relative_to(stems_root).as_posix(),
+                "duration_s": meta["duration_s"],
+                "mix_dbfs": meta["mix_dbfs"],
+                "vocals_dbfs": meta["vocals_dbfs"],
+                "vocal_to_mix_db": meta["vocal_to_mix_db"],
+                "vocal_active_fraction": active,
+                "backend": cache.backend,
+                "model_sha256": cache.model_sha256,
+            }
+        )
+    return Assessment(table_from_rows(kept, VOCALS_SCHEMA), table_from_rows(rejected, REJECTED_SCHEMA))
