@@ -78,7 +78,10 @@ def clean_tracks(context: dg.AssetExecutionContext, settings: ReconetSettings, t
 
 
 @dg.asset(
-    deps=[tracks, clean_tracks, dg.AssetKey("vocals")], group_name="catalogue", io_manager_key="table_io_manager", kinds={"python", "parquet"}
+    deps=[tracks, clean_tracks, dg.AssetKey("vocals")],
+    group_name="catalogue",
+    io_manager_key="table_io_manager",
+    kinds={"python", "parquet"},
 )
 def rejected(context: dg.AssetExecutionContext, settings: ReconetSettings) -> pa.Table:
     """Every input left out, by stage, with its reason: nothing is dropped silently."""

@@ -196,10 +196,11 @@ def assess(
     failed = {f.track_id: f for f in failures}
     kept, rejected = [], []
     for row in tracks.to_pylist():
-        reject = lambda reason, detail: rejected.append(  # noqa: E731
-            {"path": row["path"], "release": row["release"], "track_id": row["track_id"],
-             "stage": "vocals", "reason": reason, "detail": detail}
-        )  # fmt: skip
+
+        def reject(reason: str, detail: str, row: dict = row) -> None:
+            rejected.append({"path": row["path"], "release": row["release"], "track_id": row["track_id"],
+                             "stage": "vocals", "reason": reason, "detail": detail})  # fmt: skip
+
         if row["track_id"] in failed:
             f = failed[row["track_id"]]
             reject(f.reason, f.detail)

@@ -86,9 +86,9 @@ def run(extras: dict, info, outcome) -> None:
             waveform, _ = adapter.load(track["path"], sample_rate=STEM_SAMPLE_RATE)
             waveform = to_stereo(np.asarray(waveform, np.float32))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-            detail = str(exc).strip().splitlines()
-            outcome({"track_id": track["track_id"], "status": "failed", "reason": "undecodable",
-                     "detail": f"Spleeter's ffmpeg adapter cannot decode it: {detail[-1] if detail else exc}"})  # fmt: skip
+            lines = str(exc).strip().splitlines()
+            detail = f"Spleeter's ffmpeg adapter cannot decode it: {lines[-1] if lines else type(exc).__name__}"
+            outcome({"track_id": track["track_id"], "status": "failed", "reason": "undecodable", "detail": detail})
             info(f"[{i}/{len(tracks)}] {track['path']}: cannot decode: {exc}")
             continue
         try:
@@ -96,8 +96,9 @@ def run(extras: dict, info, outcome) -> None:
                 if len(waveform):
                     stems = separate(waveform, track["path"])
                     writer.write(stems["vocals"], stems["accompaniment"], waveform)
-                writer.commit({"track_id": track["track_id"], "backend": "spleeter",
-                               "model_sha256": extras["model_sha256"], "model": "spleeter 2stems (official)"})  # fmt: skip
+                meta = {"track_id": track["track_id"], "backend": "spleeter", "model_sha256": extras["model_sha256"],
+                        "model": "spleeter 2stems (official)"}  # fmt: skip
+                writer.commit(meta)
         except Exception as exc:  # noqa: BLE001
             outcome({"track_id": track["track_id"], "status": "failed", "reason": "separation_failed",
                      "detail": f"{type(exc).__name__}: {exc}"})  # fmt: skip

