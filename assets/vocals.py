@@ -36,7 +36,7 @@ def _separate_with_official_spleeter(context, settings: ReconetSettings, todo, c
         "model_sha256": cache.model_sha256,
         "tracks": [{"track_id": t.track_id, "path": str(t.path)} for t in todo],
     }
-    invocation = dg.PipesSubprocessClient(forward_stdio=False).run(
+    invocation = dg.PipesSubprocessClient().run(
         command=[str(paths.spleeter_python), str(paths.root / WORKER)],
         context=context,
         extras=extras,
@@ -56,7 +56,7 @@ def _separate_with_official_spleeter(context, settings: ReconetSettings, todo, c
 )
 def vocals(
     context: dg.AssetExecutionContext, config: VocalsConfig, settings: ReconetSettings, clean_tracks: pa.Table
-) -> pa.Table:
+) -> dg.Output[pa.Table]:
     """The isolated vocals (and accompaniment) of every clean track of one release, cached by
     (audio, model, backend) under `data/vocals/`. Tracks whose vocals stay quiet (instrumentals),
     silent or undecodable tracks go to `rejected` (stage `vocals`)."""
@@ -86,8 +86,10 @@ def vocals(
         context.log.warning(f"rejected {row['path']}: {row['reason']}: {row['detail']}")
     if result.vocals.num_rows + result.rejected.num_rows != tracks.num_rows:
         raise dg.Failure("separation lost tracks: kept + rejected differs from the clean tracks of the release")
-    context.add_output_metadata(
-        {
+    # an Output, not a bare table: after a Pipes session Dagster expects wrapped results
+    return dg.Output(
+        result.vocals,
+        metadata={
             "backend": separation.backend,
             "model_sha256": cache.model_sha256,
             "clean_tracks": tracks.num_rows,
@@ -97,6 +99,5 @@ def vocals(
             "rejected": dg.MetadataValue.json(dict(Counter(result.rejected.column("reason").to_pylist()))),
             "audio_minutes": round(sum(result.vocals.column("duration_s").to_pylist()) / 60, 1),
             "stems": dg.MetadataValue.path(str(cache.directory)),
-        }
+        },
     )
-    return result.vocals

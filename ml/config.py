@@ -85,7 +85,9 @@ class Paths:
     @cached_property
     def spleeter_python(self) -> Path:
         """The official Spleeter's interpreter: ``RECONET_SPLEETER_PYTHON`` or ``<root>/.venv-spleeter``."""
-        return _resolve(self.root, os.environ.get("RECONET_SPLEETER_PYTHON", ".venv-spleeter/bin/python"))
+        # not resolved: a virtual environment's python is a symbolic link to the base interpreter
+        python = Path(os.environ.get("RECONET_SPLEETER_PYTHON", ".venv-spleeter/bin/python")).expanduser()
+        return python if python.is_absolute() else self.root / python
 
     @cached_property
     def dagster_home(self) -> Path:

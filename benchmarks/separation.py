@@ -1,0 +1,181 @@
+"""Separation benchmark: the official Spleeter against the PyTorch port, on the same files, in one run.
+
+    .venv/bin/python benchmarks/separation.py [--real-audio ../shared/real-audio] [--long-minutes 60]
+
+Reports, for each backend (each in its own child process, so its peak memory is its own):
+
+* throughput — seconds of audio separated per second, end to end (start, model load, decoding,
+  separation, FLAC writing) and for the separation loop alone — over real songs (≥ 5 minutes of
+  jamendo audio), and the torch / official ratio;
+* peak resident memory (the child's ru_maxrss) on that batch and, for the torch backend, on one
+  long file (a real song looped to ``--long-minutes``);
+* quality on the SiSEC 2011 excerpts: SNR between the two backends' vocals, and each backend's
+  SDR against the true vocal stem (plain SDR, 10·log10(|s|² / |s − ŝ|²), no bss_eval projection).
+
+CUDA is measured too when PyTorch sees a GPU. Results go to ``benchmarks/results/separation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TORCH_CHILD = """
+import json, sys, time
+from pathlib import Path
+import torch
+from ml.separation import SeparationInput, SeparationParams, separate_with_torch
+from ml.stems import StemCache
+spec = json.loads(Path(sys.argv[1]).read_text())
+device = torch.device(spec["device"])
+cache = StemCache(spec["cache_root"], "torch", spec["model_sha256"])
+tracks = [SeparationInput(t["track_id"], Path(t["path"])) for t in spec["tracks"]]
+t0 = time.perf_counter()
+failures = separate_with_torch(tracks, cache, Path(spec["weights"]), device, SeparationParams())
+if device.type == "cuda":
+    torch.cuda.synchronize()
+print(json.dumps({"separation_s": time.perf_counter() - t0, "failures": [f.detail for f in failures]}))
+"""
+
+
+def _run_child(cmd: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in MiB, stdout) of one child process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise SystemExit(f"{cmd[:3]} failed with exit code {proc.returncode}")
+    return wall, usage.ru_maxrss // 1024, stdout
+
+
+def _duration(path: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return float(out.stdout.strip())
+
+
+def run_backend(backend: str, files: list[Path], work: Path, model_sha: str, device: str = "cpu") -> dict:
+    from ml import config
+
+    paths = config.paths()
+    work.mkdir(parents=True, exist_ok=True)
+    cache_root = work / f"stems-{backend}-{device}"
+    tracks = [{"track_id": f"bench-{i:03d}", "path": str(p)} for i, p in enumerate(files)]
+    spec = work / f"{backend}-{device}.json"
+    if backend == "torch":
+        spec.write_text(json.dumps({"device": device, "cache_root": str(cache_root), "model_sha256": model_sha,
+                                    "weights": str(paths.spleeter_weights), "tracks": tracks}))  # fmt: skip
+        wall, rss, out = _run_child([sys.executable, "-c", TORCH_CHILD, str(spec)])
+        result = json.loads(out.strip().splitlines()[-1])
+        separation_s = result["separation_s"]
+    else:
+        spec.write_text(json.dumps({"model_dir": str(paths.spleeter_checkpoint), "cache_root": str(cache_root),
+                                    "model_sha256": model_sha, "tracks": tracks}))  # fmt: skip
+        wall, rss, out = _run_child([str(paths.spleeter_python), str(ROOT / "pipeline/spleeter_worker.py"), str(spec)])
+        outcomes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        separation_s = sum(o.get("elapsed_s", 0.0) for o in outcomes)
+    audio_s = sum(_duration(p) for p in files)
+    from ml.stems import StemCache
+
+    cache = StemCache(cache_root, "spleeter" if backend == "spleeter" else "torch", model_sha)
+    return {
+        "backend": backend, "device": device, "files": len(files), "audio_s": round(audio_s, 1),
+        "wall_s": round(wall, 1), "separation_s": round(separation_s, 1),
+        "audio_s_per_s_end_to_end": round(audio_s / wall, 2),
+        "audio_s_per_s_separation": round(audio_s / separation_s, 2),
+        "peak_rss_mib": rss,
+        "stems": {t["path"]: str(cache.entry_dir(t["track_id"])) for t in tracks},
+    }  # fmt: skip
+
+
+def _snr(reference, estimate) -> float:
+    import numpy as np
+
+    n = min(len(reference), len(estimate))
+    reference, estimate = reference[:n], estimate[:n]
+    return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - estimate) ** 2)))
+
+
+def quality(sisec: Path, work: Path, model_sha: str) -> list[dict]:
+    import soundfile as sf
+
+    from ml.audio import load_audio
+
+    mixes = sorted(sisec.glob("*__mix.wav"))
+    runs = {b: run_backend(b, mixes, work / "quality", model_sha) for b in ("spleeter", "torch")}
+    rows = []
+    for mix in mixes:
+        truth = load_audio(mix.with_name(mix.name.replace("__mix", "__vocals")), 44100)
+        vocals = {b: sf.read(Path(r["stems"][str(mix)]) / "vocals.flac")[0] for b, r in runs.items()}
+        rows.append({
+            "song": mix.name.replace("__mix.wav", ""),
+            "snr_torch_vs_official_db": round(_snr(vocals["spleeter"], vocals["torch"]), 1),
+            "sdr_official_db": round(_snr(truth, vocals["spleeter"]), 2),
+            "sdr_torch_db": round(_snr(truth, vocals["torch"]), 2),
+        })  # fmt: skip
+    return rows
+
+
+def long_file(song: Path, minutes: float, work: Path) -> Path:
+    out = work / f"long-{minutes:g}min.flac"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(song),
+                    "-t", str(minutes * 60), "-c:a", "flac", str(out)], check=True)  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real-audio", type=Path, default=ROOT.parent / "shared" / "real-audio")
+    parser.add_argument("--songs", type=int, default=2, help="jamendo songs in the throughput batch (≥ 5 min)")
+    parser.add_argument("--long-minutes", type=float, default=60.0)
+    args = parser.parse_args()
+    import torch
+
+    from ml import config
+    from ml.separation import checkpoint_sha256
+
+    paths = config.paths()
+    model_sha = checkpoint_sha256(paths.spleeter_checkpoint)
+    songs = sorted((args.real_audio / "jamendo" / "mp3").glob("*.mp3"))[: args.songs]
+    if not songs:
+        raise SystemExit(f"no jamendo songs under {args.real_audio}")
+    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="reconet-bench-") as tmp:
+        work = Path(tmp)
+        print(f"throughput batch: {len(songs)} jamendo songs", file=sys.stderr)
+        official = run_backend("spleeter", songs, work, model_sha)
+        port = run_backend("torch", songs, work, model_sha)
+        report["throughput"] = [official, port]
+        report["torch_over_official_end_to_end"] = round(official["wall_s"] / port["wall_s"], 2)
+        report["torch_over_official_separation"] = round(official["separation_s"] / port["separation_s"], 2)
+        if torch.cuda.is_available():
+            report["throughput"].append(run_backend("torch", songs, work, model_sha, device="cuda"))
+        print("quality on SiSEC 2011", file=sys.stderr)
+        report["quality"] = quality(args.real_audio / "sisec2011", work, model_sha)
+        print(f"memory on a {args.long_minutes:g}-minute file", file=sys.stderr)
+        long = long_file(songs[0], args.long_minutes, work)
+        report["long_file"] = run_backend("torch", [long], work / "long", model_sha)
+    for row in report["throughput"] + [report["long_file"]]:
+        row.pop("stems", None)
+    out = ROOT / "benchmarks" / "results" / "separation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The two separation backends agree: official Spleeter (through Dagster Pipes) and the PyTorch port."""
+
+import subprocess
+
+import dagster as dg
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ml import config
+from pipeline.definitions import defs
+from pipeline.partitions import sync_release_partitions
+from pipeline.resources import ReconetSettings
+
+pytestmark = pytest.mark.slow
+
+
+def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - estimate) ** 2)))
+
+
+def test_official_and_torch_backends_agree(small_library, project_dirs, tmp_path):
+    source, manifest = small_library
+    song = next(f for f in manifest["files"] if f["case"] == "song" and f["path"].endswith(".mp3"))
+    library = tmp_path / "library"
+    release = library / "Clip Artist" / "Clip Album"
+    release.mkdir(parents=True)
+    clip = release / "01 Clip.flac"  # a 32 s excerpt (cleaning drops ≤ 30 s), tagged as a song of its own
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-ss", "1", "-t", "32", "-i", str(source / song["path"]),
+                    "-metadata", "artist=Clip Artist", "-metadata", "album=Clip Album", "-metadata", "title=Clip",
+                    str(clip)], check=True)  # fmt: skip
+    settings = ReconetSettings(library=str(library))
+    stems = project_dirs["stems"]
+    with dg.DagsterInstance.get() as instance:
+        (key,), _ = sync_release_partitions(instance, config.paths(library=library), config.load_params())
+        run = lambda job, **kw: defs.resolve_job_def(job).execute_in_process(  # noqa: E731
+            instance=instance, resources={"settings": settings}, **kw
+        )
+        assert run("release_job", partition_key=key).success
+        assert run("catalogue_job").success
+        results = {}
+        for backend in ("spleeter", "torch"):
+            config_ = {"ops": {"vocals": {"config": {"backend": backend}}}}
+            result = run("vocals_job", partition_key=key, run_config=config_)
+            assert result.success
+            (row,) = result.output_for_node("vocals").to_pylist()
+            assert row["backend"] == backend
+            results[backend] = {name: sf.read(stems / row[f"{name}_path"])[0] for name in ("vocals", "accompaniment")}
+        logs = instance.all_logs(result.run_id)
+        assert logs  # the torch run is on the persistent instance too
+
+    official, port = results["spleeter"], results["torch"]
+    assert official["vocals"].shape == port["vocals"].shape == (32 * 44100, 2)
+    assert _snr_db(official["vocals"], port["vocals"]) >= 20
+    assert _snr_db(official["accompaniment"], port["accompaniment"]) >= 20
