@@ -97,8 +97,10 @@ def _vocals_table(data: Path):
 
 
 def _vocals_metadata(instance: dg.DagsterInstance, key: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey("vocals"), partition=key)
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("vocals"), asset_partitions=[key]), limit=1
+    ).records
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def test_rerun_is_idempotent_and_a_new_album_is_one_new_partition(small_library, project_dirs, tmp_path):
