@@ -78,7 +78,7 @@ def clean_tracks(context: dg.AssetExecutionContext, settings: ReconetSettings, t
 
 
 @dg.asset(
-    deps=[tracks, clean_tracks, dg.AssetKey("vocals")],
+    deps=[tracks, clean_tracks, dg.AssetKey("vocals"), dg.AssetKey("segments")],
     group_name="catalogue",
     io_manager_key="table_io_manager",
     kinds={"python", "parquet"},

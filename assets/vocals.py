@@ -1,6 +1,7 @@
 """The `vocals` asset: Spleeter 2-stems vocal isolation for every clean track of one release."""
 
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -9,12 +10,20 @@ from pydantic import Field
 
 from ml.device import device_from_params
 from ml.rejected import record_rejected
-from ml.separation import SeparationInput, SeparationParams, assess, checkpoint_sha256, separate_with_torch
+from ml.separation import (
+    Failure,
+    SeparationInput,
+    SeparationParams,
+    assess,
+    checkpoint_sha256,
+    separate_with_torch,
+)
 from ml.stems import StemCache
 from pipeline.partitions import releases
 from pipeline.resources import ReconetSettings
 
-WORKER = "pipeline/spleeter_worker.py"
+# Runs in .venv-spleeter, so it is started as a script, not imported.
+WORKER = Path(__file__).resolve().parents[1] / "pipeline" / "spleeter_worker.py"
 
 
 class VocalsConfig(dg.Config):
@@ -23,10 +32,10 @@ class VocalsConfig(dg.Config):
     backend: str = Field(default="", description="torch (default) or spleeter (the official reference)")
 
 
-def _separate_with_official_spleeter(context, settings: ReconetSettings, todo, cache: StemCache):
+def _separate_with_official_spleeter(
+    context: dg.AssetExecutionContext, settings: ReconetSettings, todo: list[SeparationInput], cache: StemCache
+) -> list[Failure]:
     """Run the official Spleeter in its own environment through Dagster Pipes; returns failures."""
-    from ml.separation import Failure
-
     paths = settings.paths()
     if not paths.spleeter_python.exists():
         raise dg.Failure(f"the official Spleeter environment is missing ({paths.spleeter_python}): run `make setup`")
@@ -37,7 +46,7 @@ def _separate_with_official_spleeter(context, settings: ReconetSettings, todo, c
         "tracks": [{"track_id": t.track_id, "path": str(t.path)} for t in todo],
     }
     invocation = dg.PipesSubprocessClient().run(
-        command=[str(paths.spleeter_python), str(paths.root / WORKER)],
+        command=[str(paths.spleeter_python), str(WORKER)],
         context=context,
         extras=extras,
     )

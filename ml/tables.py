@@ -60,6 +60,10 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def scope_filename(scope: str, suffix: str = ".parquet") -> str:
     """A safe, unique file name for a scope such as a release key (which may hold any character)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", scope).strip("-.")[:60] or "scope"
@@ -83,6 +87,7 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual mode
         os.replace(tmp_path, destination)
     finally:
         tmp_path.unlink(missing_ok=True)

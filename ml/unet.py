@@ -73,7 +73,9 @@ class SpleeterUNet(nn.Module):
             x = F.leaky_relu(norm(conv_out), 0.2) if i < len(self.encoder) - 1 else conv_out
         for i, (deconv, norm) in enumerate(zip(self.decoder, self.decoder_norm, strict=True)):
             h, w = x.shape[2], x.shape[3]
-            x = deconv(x)[:, :, 1 : 2 * h + 1, 1 : 2 * w + 1]  # TF 'same' for a stride-2 transpose
+            # TF 'same' for a stride-2 transpose; channels-last is ~1.5× faster for it on CPU (oneDNN)
+            x = deconv(x.contiguous(memory_format=torch.channels_last))[:, :, 1 : 2 * h + 1, 1 : 2 * w + 1]
+            x = x.contiguous()
             x = norm(F.relu(x))  # dropout: identity at inference
             if i < len(self.decoder) - 1:
                 x = torch.cat([skips[-2 - i], x], dim=1)
@@ -214,13 +216,13 @@ class SpleeterSeparator:
             full = F.pad(mask.float(), (0, stft.shape[-1] - MODEL_BINS))  # mask_extension: zeros
             stems.append(torch.fft.irfft(full * stft, n=FRAME_LENGTH, dim=-1) * self.window)
         stem_frames = torch.stack(stems, dim=1)  # (B, stems, 2, T, L)
-        b, s, c = stem_frames.shape[:3]
-        span = (CHUNK_FRAMES - 1) * FRAME_STEP + FRAME_LENGTH
-        ola = F.fold(
-            stem_frames.reshape(b * s * c, CHUNK_FRAMES, FRAME_LENGTH).transpose(1, 2),
-            output_size=(1, span), kernel_size=(1, FRAME_LENGTH), stride=(1, FRAME_STEP),
-        )  # fmt: skip
-        return (ola.reshape(b, s, c, span) * (2.0 / 3.0)).float().cpu().numpy()
+        # overlap-add: L = 4 hops, so frame j's k-th hop-long block lands on output block j + k
+        per_frame = FRAME_LENGTH // FRAME_STEP
+        blocks = stem_frames.unflatten(-1, (per_frame, FRAME_STEP))  # (B, stems, 2, T, 4, hop)
+        ola = stem_frames.new_zeros((*stem_frames.shape[:3], CHUNK_FRAMES + per_frame - 1, FRAME_STEP))
+        for k in range(per_frame):
+            ola[:, :, :, k : k + CHUNK_FRAMES] += blocks[..., k, :]
+        return (ola.flatten(-2) * (2.0 / 3.0)).float().cpu().numpy()
 
     @staticmethod
     def _emit(chunk: _Chunk, ola: np.ndarray) -> SeparatedBlock:

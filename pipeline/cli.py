@@ -104,17 +104,22 @@ def run_pipeline(library: str | None = None) -> int:
 
 
 def _print_summary(paths: config.Paths, seconds: float) -> None:
+    import pyarrow.compute as pc
+
     from ml.tables import read_table
 
     kept = read_table(paths.tables / "clean_tracks.parquet")
     rejected = read_table(paths.tables / "rejected.parquet")
-    with_vocals = sum(read_table(p).num_rows for p in (paths.tables / "vocals").glob("*.parquet"))
+    rows = lambda asset: sum(read_table(p).num_rows for p in (paths.tables / asset).glob("*.parquet"))  # noqa: E731
+    unreadable = rejected.filter(pc.equal(rejected.column("stage"), "tracks")).num_rows
     table = Table(title=f"reconet pipeline ({seconds:.1f} s)")
     table.add_column("what")
     table.add_column("count", justify="right")
-    table.add_row("files scanned", str(kept.num_rows + rejected.num_rows))
+    table.add_row("files scanned", str(rows("tracks") + unreadable))
     table.add_row("clean tracks", str(kept.num_rows))
-    table.add_row("tracks with vocals", str(with_vocals))
+    table.add_row("tracks with vocals", str(rows("vocals")))
+    table.add_row("segments (clips)", str(rows("segments")))
+    table.add_row("log-mel features", str(rows("features")))
     table.add_row("artists", str(len(set(kept.column("artist").to_pylist()))))
     reasons = Counter(zip(rejected.column("stage").to_pylist(), rejected.column("reason").to_pylist(), strict=True))
     for (stage, reason), n in sorted(reasons.items()):

@@ -6,13 +6,21 @@ import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks
 from assets.metadata_eda import metadata_eda
+from assets.segments import features, segments
 from assets.vocals import vocals
-from pipeline.jobs import catalogue_job, register_releases_job, release_job, report_job, vocals_job
+from pipeline.jobs import (
+    catalogue_job,
+    register_releases_job,
+    release_job,
+    report_job,
+    segments_job,
+    vocals_job,
+)
 from pipeline.resources import ParquetTableIOManager, ReconetSettings
 
 defs = dg.Definitions(
-    assets=[tracks, clean_tracks, rejected, metadata_eda, vocals],
-    jobs=[register_releases_job, release_job, catalogue_job, vocals_job, report_job],
+    assets=[tracks, clean_tracks, rejected, metadata_eda, vocals, segments, features],
+    jobs=[register_releases_job, release_job, catalogue_job, vocals_job, segments_job, report_job],
     resources={
         "settings": ReconetSettings(),
         "table_io_manager": ParquetTableIOManager(),

@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks
 from assets.metadata_eda import metadata_eda
+from assets.segments import features, segments
 from assets.vocals import vocals
 from pipeline.partitions import sync_release_partitions
 from pipeline.resources import ReconetSettings
@@ -41,6 +42,12 @@ vocals_job = dg.define_asset_job(
     "vocals_job", selection=dg.AssetSelection.assets(vocals), description="Isolate the vocals of one release.",
 )  # fmt: skip
 
+# Clips and their log-mels, for one release.
+segments_job = dg.define_asset_job(
+    "segments_job", selection=dg.AssetSelection.assets(segments, features),
+    description="Cut one release's vocals into clips and cache their log-mels.",
+)  # fmt: skip
+
 # Everything left out, by every stage, and the catalogue's EDA.
 report_job = dg.define_asset_job(
     "report_job", selection=dg.AssetSelection.assets(rejected, metadata_eda),
@@ -49,5 +56,6 @@ report_job = dg.define_asset_job(
 
 # The main job runs these in order; True marks a per-release job (run for each partition).
 MAIN_JOB_PHASES: tuple[tuple[str, bool], ...] = (
-    ("release_job", True), ("catalogue_job", False), ("vocals_job", True), ("report_job", False),
+    ("release_job", True), ("catalogue_job", False), ("vocals_job", True), ("segments_job", True),
+    ("report_job", False),
 )  # fmt: skip

@@ -1,0 +1,82 @@
+"""Per-release assets: `segments` (10 s vocal clips around silence) and `features` (cached log-mels)."""
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from ml.device import device_from_params
+from ml.features import FeatureCache, FeatureParams, cache_release_features
+from ml.rejected import record_rejected
+from ml.segmentation import PackedClips, SegmentParams, segment_release
+from ml.tables import scope_filename
+from pipeline.partitions import releases
+from pipeline.resources import ReconetSettings
+
+
+@dg.asset(partitions_def=releases, group_name="segments", io_manager_key="table_io_manager",
+          kinds={"numpy", "parquet"})  # fmt: skip
+def segments(context: dg.AssetExecutionContext, settings: ReconetSettings, vocals: pa.Table) -> pa.Table:
+    """Fixed-length vocal clips of one release, cut around silence: a uuid-tracked table, and the
+    clips themselves packed into int16 arrays under `data/segments/` (vocals and accompaniment).
+    A track without a single clip goes to `rejected` (stage `segments`)."""
+    params, paths = settings.params(), settings.paths()
+    segment_params = SegmentParams.from_params(params)
+    release = context.partition_key
+    name = scope_filename(release, suffix="")
+    result = segment_release(vocals, paths.vocals, paths.data, name, segment_params, logger=context.log)
+    record_rejected(paths.rejected, "segments", release, result.rejected)
+    for row in result.rejected.to_pylist():
+        context.log.warning(f"rejected {row['path']}: {row['reason']}: {row['detail']}")
+    table = result.segments
+    padded = int(np.count_nonzero(np.asarray(table.column("padding_s").to_pylist()) > 0)) if table.num_rows else 0
+    context.add_output_metadata(
+        {
+            "segments": table.num_rows,
+            "tracks_in": vocals.num_rows,
+            "tracks_without_segments": result.rejected.num_rows,
+            "padded_clips": padded,
+            "clip_s": segment_params.clip_s,
+            "params_hash": segment_params.digest(),
+            "packed_files": dg.MetadataValue.json([p.name for p in result.files]),
+        }
+    )
+    return table
+
+
+@dg.asset(partitions_def=releases, group_name="segments", io_manager_key="table_io_manager",
+          kinds={"pytorch", "numpy"})  # fmt: skip
+def features(context: dg.AssetExecutionContext, settings: ReconetSettings, segments: pa.Table) -> pa.Table:
+    """Log-mel spectrograms of every segment of one release (float16, memory-mappable), computed in
+    batches on the best device and cached by (segment ids, feature parameters): unchanged inputs
+    recompute nothing."""
+    params, paths = settings.params(), settings.paths()
+    feature_params = FeatureParams.from_params(params)
+    segment_rate = SegmentParams.from_params(params).sample_rate
+    if feature_params.sample_rate != segment_rate:
+        raise dg.Failure(f"features.sample_rate ({feature_params.sample_rate}) must equal segments.sample_rate "
+                         f"({segment_rate}): the clips are stored at the latter")  # fmt: skip
+    cache = FeatureCache(paths.data / "features", feature_params)
+    name = scope_filename(context.partition_key, suffix="")
+    ids = segments.column("segment_id").to_pylist()
+    device = device_from_params(params)
+    clips = PackedClips.from_table(segments, paths.data)
+    computed = cache_release_features(
+        cache, name, ids, clips, device,
+        on_batch=lambda done, total: context.log.info(f"log-mels: {done}/{total} clips on {device}"),
+    )  # fmt: skip
+    array, _ = cache.paths(name)
+    context.log.info(f"{len(ids)} log-mels {'computed' if computed else 'already cached'} in {array}")
+    shape = cache.load(name).shape if ids else (0, feature_params.n_mels, 0)
+    context.add_output_metadata(
+        {"clips": len(ids), "computed": computed, "shape": str(tuple(shape)), "device": str(device),
+         "params_hash": feature_params.digest(), "file": dg.MetadataValue.path(str(array))}
+    )  # fmt: skip
+    relative = array.relative_to(paths.data).as_posix()
+    return pa.table(
+        {
+            "segment_id": pa.array(ids, pa.string()),
+            "feature_file": pa.array([relative] * len(ids), pa.string()),
+            "feature_row": pa.array(range(len(ids)), pa.int32()),
+            "params_hash": pa.array([feature_params.digest()] * len(ids), pa.string()),
+        }
+    )

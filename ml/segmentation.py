@@ -1,0 +1,338 @@
+"""Cutting vocal stems into fixed-length clips around silence (the RecoNet report, section 3.3).
+
+For each track's vocal stem, at the model's sample rate (16 kHz mono by default):
+
+1. find the non-silent regions: a stretch of at least ``min_silence_ms`` whose RMS is at or below
+   the threshold — ``silence_below_track_db`` (16 dB) under the track's own dBFS — is silence.
+   :func:`detect_nonsilent` gives exactly what ``pydub.silence.detect_nonsilent`` gives (same
+   millisecond grid, same merging of overlapping silent windows), vectorised with cumulative
+   sums instead of pydub's per-millisecond Python loop;
+2. cut each region into clips of ``clip_s`` seconds every ``hop_s`` seconds (hop < clip gives
+   overlapping windows); the region's last remainder becomes a clip padded with silence when it
+   is at least ``min_fraction`` of a clip;
+3. drop clips quieter than the same threshold.
+
+A segment's id is a uuid5 of (track id, start sample, segmentation parameters), so it is stable
+across runs and changes when the parameters do. Clips of one release are packed into one array
+(int16 PCM, one row per clip, memory-mappable) indexed by the segment table, rather than one file
+per clip: file systems and DVC are slow with hundreds of thousands of small files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+SEGMENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "reconet/segment")
+
+SEGMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("segment_id", pa.string(), nullable=False),  # uuid5(track_id, start sample, params)
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("release", pa.string(), nullable=False),
+        pa.field("artist", pa.string()),
+        pa.field("album", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("over_genre", pa.string()),
+        pa.field("start_s", pa.float64(), nullable=False),  # in the track
+        pa.field("end_s", pa.float64(), nullable=False),  # of the audio taken from the track (before padding)
+        pa.field("padding_s", pa.float64(), nullable=False),  # silence appended to reach the clip length
+        pa.field("clip_dbfs", pa.float64(), nullable=False),
+        pa.field("track_dbfs", pa.float64(), nullable=False),
+        pa.field("sample_rate", pa.int32(), nullable=False),
+        pa.field("audio_file", pa.string(), nullable=False),  # packed vocal clips, relative to the data folder
+        pa.field("accompaniment_file", pa.string(), nullable=False),  # the same stretches of the accompaniment
+        pa.field("audio_row", pa.int32(), nullable=False),  # row of this clip in both files
+        pa.field("params_hash", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    sample_rate: int = 16000
+    clip_s: float = 10.0
+    hop_s: float = 10.0  # = clip_s: no overlap; clip_s / 2: 50 % overlap
+    silence_below_track_db: float = 16.0
+    min_silence_ms: int = 2000
+    min_fraction: float = 0.5  # the shortest padded remainder, as a fraction of a clip
+    shard_mb: int = 512  # packed clips per file, at most (bounds memory while segmenting)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SegmentParams:
+        section = params.get("segments", {})
+        unknown = set(section) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown key(s) in params.yaml segments: {sorted(unknown)}")
+        settings = cls(**section)
+        if settings.clip_s <= 0 or not settings.hop_s > 0:
+            raise ValueError("segments.clip_s and segments.hop_s must be positive")
+        if not 0 < settings.min_fraction <= 1:
+            raise ValueError("segments.min_fraction must be in (0, 1]")
+        return settings
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.clip_s * self.sample_rate)
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.hop_s * self.sample_rate)
+
+    def digest(self) -> str:
+        """A short hash of the parameters that shape the clips: part of each segment id."""
+        shaping = {k: v for k, v in asdict(self).items() if k != "shard_mb"}
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dbfs(audio: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (−inf for digital silence)."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    return 20 * np.log10(rms) if rms > 0 else float("-inf")
+
+
+def detect_nonsilent(
+    audio: np.ndarray, sample_rate: int, min_silence_ms: int, silence_thresh_dbfs: float
+) -> list[tuple[int, int]]:
+    """Non-silent [start, end) ranges in milliseconds, exactly as ``pydub.silence.detect_nonsilent``
+    (``seek_step=1``) finds them in the same audio as 16-bit PCM; ``audio`` is float in [-1, 1],
+    mono or (n, channels).
+
+    pydub's semantics, kept here: the length is ``round(1000 * n / rate)`` ms; a window of
+    ``min_silence_ms`` starting at every millisecond holds the samples [int(start·rate/1000),
+    int(end·rate/1000)); it is silent when its integer RMS over all samples and channels is at or
+    below the threshold; silent windows whose starts are at most ``min_silence_ms`` apart merge.
+    """
+    audio = audio.reshape(len(audio), -1) if audio.ndim == 1 else audio
+    n_ms = round(1000 * len(audio) / sample_rate)
+    if n_ms == 0:
+        return []
+    if n_ms < min_silence_ms:
+        return [(0, n_ms)]
+    channels = audio.shape[1]
+    # per-sample energy (16-bit scale) summed over channels, cumulative, read at millisecond marks
+    pcm = np.round(np.clip(audio, -1, 1) * 32767).astype(np.float64)
+    energy = np.concatenate([[0.0], np.cumsum(np.square(pcm).sum(axis=1))])
+    marks = np.minimum((np.arange(n_ms + 1) * (sample_rate / 1000.0)).astype(np.int64), len(audio))
+    starts = np.arange(0, n_ms - min_silence_ms + 1)
+    lo, hi = marks[starts], marks[starts + min_silence_ms]
+    rms = np.floor(np.sqrt((energy[hi] - energy[lo]) / np.maximum((hi - lo) * channels, 1)))
+    silent = starts[rms <= 10 ** (silence_thresh_dbfs / 20) * 32768]
+    if not len(silent):
+        return [(0, n_ms)]
+    breaks = np.flatnonzero(np.diff(silent) > min_silence_ms)
+    range_starts = np.concatenate([[silent[0]], silent[breaks + 1]]).tolist()
+    range_ends = (np.concatenate([silent[breaks], [silent[-1]]]) + min_silence_ms).tolist()
+    if range_starts[0] == 0 and range_ends[0] == n_ms:
+        return []
+    nonsilent, previous_end = [], 0
+    for start, end in zip(range_starts, range_ends, strict=True):
+        nonsilent.append((previous_end, start))
+        previous_end = end
+    if previous_end != n_ms:
+        nonsilent.append((previous_end, n_ms))
+    if nonsilent[0] == (0, 0):
+        nonsilent.pop(0)
+    return nonsilent
+
+
+@dataclass
+class Clip:
+    start: int  # sample index in the track
+    length: int  # samples taken from the track (≤ clip length; the rest is padding)
+    dbfs: float
+
+
+def cut_clips(audio: np.ndarray, settings: SegmentParams) -> tuple[list[Clip], float]:
+    """The clips of one mono track at ``settings.sample_rate``; also returns the track's dBFS."""
+    track_dbfs = dbfs(audio)
+    if not np.isfinite(track_dbfs):
+        return [], track_dbfs
+    threshold = track_dbfs - settings.silence_below_track_db
+    regions = detect_nonsilent(audio, settings.sample_rate, settings.min_silence_ms, threshold)
+    size, hop = settings.clip_samples, settings.hop_samples
+    min_length = int(np.ceil(settings.min_fraction * size))
+    clips = []
+    for start_ms, end_ms in regions:
+        start = min(start_ms * settings.sample_rate // 1000, len(audio))
+        end = min(end_ms * settings.sample_rate // 1000, len(audio))
+        position = start
+        while position < end:
+            length = min(size, end - position)
+            if length < min_length:
+                break
+            level = dbfs(audio[position : position + length]) + 20 * np.log10(np.sqrt(length / size))
+            if level >= threshold:  # the level of the padded clip, silence included
+                clips.append(Clip(position, length, float(level)))
+            if position + size >= end:
+                break
+            position += hop
+    return clips, track_dbfs
+
+
+def segment_id(track_id: str, start_sample: int, params_digest: str) -> str:
+    return str(uuid.uuid5(SEGMENT_NAMESPACE, f"{track_id}:{start_sample}:{params_digest}"))
+
+
+def pack(audio: np.ndarray, clips: Iterable[Clip], size: int) -> np.ndarray:
+    """The clips as rows of int16 PCM, zero-padded to ``size`` samples."""
+    clips = list(clips)
+    packed = np.zeros((len(clips), size), np.int16)
+    for row, clip in enumerate(clips):
+        packed[row, : clip.length] = np.round(np.clip(audio[clip.start : clip.start + clip.length], -1, 1) * 32767)
+    return packed
+
+
+def load_packed(path: str | Path) -> np.ndarray:
+    """Packed clips, memory-mapped: (clips, samples) int16."""
+    return np.load(path, mmap_mode="r")
+
+
+def to_float(packed: np.ndarray) -> np.ndarray:
+    return packed.astype(np.float32) / 32767
+
+
+# --------------------------------------------------------------------------- one release
+
+
+@dataclass
+class ReleaseSegments:
+    segments: pa.Table
+    rejected: pa.Table
+    files: list[Path]
+
+
+def segment_release(
+    vocals: pa.Table,
+    stems_root: Path,
+    data_dir: Path,
+    out_stem: str,
+    settings: SegmentParams,
+    logger: Any = None,
+) -> ReleaseSegments:
+    """Cut every track of one release (rows of the `vocals` table) into clips, packed into
+    ``<data_dir>/segments/<out_stem>.{vocals,accompaniment}.<shard>.npy``; a track without a
+    single clip becomes a `rejected` row (stage `segments`)."""
+    from ml.audio import load_audio
+    from ml.tables import REJECTED_SCHEMA, atomic_path, table_from_rows
+
+    folder = data_dir / "segments"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(f"{out_stem}.*.npy"):  # the release's previous shards
+        old.unlink()
+    size = settings.clip_samples
+    shard_rows = max(1, settings.shard_mb * 2**20 // (2 * size))
+    digest = settings.digest()
+    rows: list[dict] = []
+    rejected: list[dict] = []
+    pending: dict[str, list[np.ndarray]] = {"vocals": [], "accompaniment": []}
+    files: list[Path] = []
+    shard = 0
+
+    def flush() -> None:
+        nonlocal shard
+        if not pending["vocals"]:
+            return
+        for stem in ("vocals", "accompaniment"):
+            path = folder / f"{out_stem}.{stem}.{shard:03d}.npy"
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.concatenate(pending[stem]))
+            files.append(path)
+            pending[stem].clear()
+        shard += 1
+
+    rows_in_shard = 0
+    for track in vocals.to_pylist():
+        vocal = load_audio(stems_root / track["vocals_path"], settings.sample_rate, stereo=False).mean(axis=1)
+        clips, track_dbfs = cut_clips(vocal, settings)
+        if not clips:
+            rejected.append({"path": track["path"], "release": track["release"], "track_id": track["track_id"],
+                             "stage": "segments", "reason": "no_segments",
+                             "detail": f"no sung stretch long and loud enough for a {settings.clip_s:g} s clip "
+                                       f"(track at {track_dbfs:.1f} dBFS)"})  # fmt: skip
+            continue
+        if rows_in_shard + len(clips) > shard_rows and rows_in_shard:
+            flush()
+            rows_in_shard = 0
+        accompaniment = load_audio(stems_root / track["accompaniment_path"], settings.sample_rate, stereo=False)
+        accompaniment = accompaniment.mean(axis=1)
+        pending["vocals"].append(pack(vocal, clips, size))
+        pending["accompaniment"].append(pack(accompaniment, clips, size))
+        vocals_file = (folder / f"{out_stem}.vocals.{shard:03d}.npy").relative_to(data_dir).as_posix()
+        accompaniment_file = vocals_file.replace(".vocals.", ".accompaniment.")
+        for i, clip in enumerate(clips):
+            rows.append(
+                {
+                    "segment_id": segment_id(track["track_id"], clip.start, digest),
+                    **{k: track.get(k) for k in ("track_id", "release", "artist", "album", "title", "over_genre")},
+                    "start_s": clip.start / settings.sample_rate,
+                    "end_s": (clip.start + clip.length) / settings.sample_rate,
+                    "padding_s": (size - clip.length) / settings.sample_rate,
+                    "clip_dbfs": clip.dbfs,
+                    "track_dbfs": track_dbfs,
+                    "sample_rate": settings.sample_rate,
+                    "audio_file": vocals_file,
+                    "accompaniment_file": accompaniment_file,
+                    "audio_row": rows_in_shard + i,
+                    "params_hash": digest,
+                }
+            )
+        rows_in_shard += len(clips)
+        if logger:
+            logger.info(f"{track['path']}: {len(clips)} clips")
+    flush()
+    return ReleaseSegments(table_from_rows(rows, SEGMENTS_SCHEMA), table_from_rows(rejected, REJECTED_SCHEMA), files)
+
+
+class PackedClips:
+    """The clips of a segment table, read from their packed files (memory-mapped, int16).
+
+    ``clips[i:j]`` and :meth:`take` return (n, samples) int16 arrays in table order, however the
+    rows are spread over files; nothing is read until asked for.
+    """
+
+    def __init__(self, files: Sequence[str], rows: Sequence[int], data_dir: Path) -> None:
+        self.files = np.asarray(files, dtype=object)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.data_dir = Path(data_dir)
+        self._maps: dict[str, np.ndarray] = {}
+        self.dtype = np.dtype(np.int16)
+
+    @classmethod
+    def from_table(cls, segments: pa.Table, data_dir: Path, column: str = "audio_file") -> PackedClips:
+        return cls(segments.column(column).to_pylist(), segments.column("audio_row").to_pylist(), data_dir)
+
+    def _map(self, name: str) -> np.ndarray:
+        if name not in self._maps:
+            self._maps[name] = load_packed(self.data_dir / name)
+        return self._maps[name]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        samples = self._map(self.files[0]).shape[1] if len(self) else 0
+        return len(self), samples
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), self.shape[1]), np.int16)
+        files = self.files[indices]
+        for name in dict.fromkeys(files.tolist()):
+            where = np.flatnonzero(files == name)
+            rows = self.rows[indices[where]]
+            order = np.argsort(rows)  # ascending reads from the memory map
+            out[where[order]] = self._map(name)[rows[order]]
+        return out
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.take(np.arange(len(self))[index])
