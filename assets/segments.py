@@ -7,7 +7,7 @@ import pyarrow as pa
 from ml.device import device_from_params
 from ml.features import FeatureCache, FeatureParams, cache_release_features
 from ml.rejected import record_rejected
-from ml.segmentation import PackedClips, SegmentParams, segment_release
+from ml.segmentation import PackedRows, SegmentParams, segment_release
 from ml.tables import scope_filename
 from pipeline.partitions import releases
 from pipeline.resources import ReconetSettings
@@ -59,7 +59,7 @@ def features(context: dg.AssetExecutionContext, settings: ReconetSettings, segme
     name = scope_filename(context.partition_key, suffix="")
     ids = segments.column("segment_id").to_pylist()
     device = device_from_params(params)
-    clips = PackedClips.from_table(segments, paths.data)
+    clips = PackedRows.from_table(segments, paths.data)
     computed = cache_release_features(
         cache, name, ids, clips, device,
         on_batch=lambda done, total: context.log.info(f"log-mels: {done}/{total} clips on {device}"),

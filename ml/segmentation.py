@@ -191,11 +191,6 @@ def pack(audio: np.ndarray, clips: Iterable[Clip], size: int) -> np.ndarray:
     return packed
 
 
-def load_packed(path: str | Path) -> np.ndarray:
-    """Packed clips, memory-mapped: (clips, samples) int16."""
-    return np.load(path, mmap_mode="r")
-
-
 def to_float(packed: np.ndarray) -> np.ndarray:
     return packed.astype(np.float32) / 32767
 
@@ -292,40 +287,40 @@ def segment_release(
     return ReleaseSegments(table_from_rows(rows, SEGMENTS_SCHEMA), table_from_rows(rejected, REJECTED_SCHEMA), files)
 
 
-class PackedClips:
-    """The clips of a segment table, read from their packed files (memory-mapped, int16).
-
-    ``clips[i:j]`` and :meth:`take` return (n, samples) int16 arrays in table order, however the
-    rows are spread over files; nothing is read until asked for.
-    """
+class PackedRows:
+    """Rows of packed arrays (clips, or cached log-mels), in the order of a table, read from their
+    memory-mapped files: ``rows[i:j]`` and :meth:`take` return arrays in table order however the
+    rows are spread over files; nothing is read until asked for."""
 
     def __init__(self, files: Sequence[str], rows: Sequence[int], data_dir: Path) -> None:
         self.files = np.asarray(files, dtype=object)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.data_dir = Path(data_dir)
         self._maps: dict[str, np.ndarray] = {}
-        self.dtype = np.dtype(np.int16)
 
     @classmethod
-    def from_table(cls, segments: pa.Table, data_dir: Path, column: str = "audio_file") -> PackedClips:
-        return cls(segments.column(column).to_pylist(), segments.column("audio_row").to_pylist(), data_dir)
+    def from_table(cls, table: pa.Table, data_dir: Path, column: str = "audio_file", row: str = "audio_row"):
+        return cls(table.column(column).to_pylist(), table.column(row).to_pylist(), data_dir)
 
     def _map(self, name: str) -> np.ndarray:
         if name not in self._maps:
-            self._maps[name] = load_packed(self.data_dir / name)
+            self._maps[name] = np.load(self.data_dir / name, mmap_mode="r")
         return self._maps[name]
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
-    def shape(self) -> tuple[int, int]:
-        samples = self._map(self.files[0]).shape[1] if len(self) else 0
-        return len(self), samples
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self._map(self.files[0]).shape[1:]) if len(self) else (0,)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._map(self.files[0]).dtype if len(self) else np.dtype(np.int16)
 
     def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), self.shape[1]), np.int16)
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
         files = self.files[indices]
         for name in dict.fromkeys(files.tolist()):
             where = np.flatnonzero(files == name)

@@ -9,7 +9,7 @@ from pydub.silence import detect_nonsilent as pydub_detect_nonsilent
 from scipy.signal import resample_poly
 
 from ml.segmentation import (
-    PackedClips,
+    PackedRows,
     SegmentParams,
     cut_clips,
     dbfs,
@@ -137,8 +137,8 @@ def test_a_release_is_packed_into_shards_that_hold_exactly_the_clips(tmp_path):
     assert result.rejected.column("path").to_pylist() == ["A/B/2.mp3"]
     assert table.num_rows == 4 and len(set(table.column("segment_id").to_pylist())) == table.num_rows
     assert len({f for f in table.column("audio_file").to_pylist()}) >= 2  # several shards
-    clips = to_float(PackedClips.from_table(table, data)[:])
-    accompaniment = to_float(PackedClips.from_table(table, data, column="accompaniment_file").take([0]))
+    clips = to_float(PackedRows.from_table(table, data)[:])
+    accompaniment = to_float(PackedRows.from_table(table, data, column="accompaniment_file").take([0]))
     assert clips.shape == (table.num_rows, settings.clip_samples)
     for row, clip in zip(table.to_pylist(), clips, strict=True):  # each row holds its stretch of the stem
         source, _ = sf.read(stems / f"{row['track_id']}/vocals.flac")

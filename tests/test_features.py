@@ -1,0 +1,74 @@
+"""Log-mel features: the same values as librosa, computed in batches, cached by segment and parameters."""
+
+import json
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from ml.features import FeatureCache, FeatureParams, LogMel, cache_release_features, compute_log_mels, frames_for
+
+CPU = torch.device("cpu")
+SR = 16000
+
+
+def _clips(n: int, seconds: float = 3.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    clips = [0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t) + 0.02 * rng.standard_normal(len(t)) for i in range(n)]
+    return np.round(np.stack(clips) * 32767).astype(np.int16)
+
+
+def test_log_mel_matches_librosa():
+    params = FeatureParams()
+    clip = _clips(1)[0].astype(np.float32) / 32767
+    ours = LogMel(params)(torch.from_numpy(clip)[None])[0].numpy()
+    mel = librosa.feature.melspectrogram(y=clip, sr=SR, n_fft=2048, hop_length=512, n_mels=128, power=2.0)
+    theirs = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0)
+    assert ours.shape == theirs.shape == (128, frames_for(len(clip), params))
+    assert np.abs(ours - theirs).max() < 0.05  # dB
+
+
+def test_features_do_not_depend_on_the_batch():
+    clips = _clips(5)
+    clips[3] //= 100  # a much quieter clip: its floor is its own, not the batch's
+    one_by_one = compute_log_mels(clips, FeatureParams(batch_size=1), CPU)
+    batched = compute_log_mels(clips, FeatureParams(batch_size=4), CPU)
+    assert one_by_one.dtype == np.float16 and one_by_one.shape == (5, 128, 94)
+    np.testing.assert_array_equal(one_by_one, batched)
+    assert batched[3].max() < batched[2].max() - 30
+
+
+def test_cache_recomputes_only_when_segments_or_feature_params_change(tmp_path):
+    clips = _clips(3)
+    ids = ["a", "b", "c"]
+    cache = FeatureCache(tmp_path, FeatureParams())
+    assert cache_release_features(cache, "rel", ids, clips, CPU) is True
+    array, index = cache.paths("rel")
+    stamp = array.stat().st_mtime_ns
+    assert cache_release_features(cache, "rel", ids, clips, CPU) is False  # unchanged: nothing recomputed
+    assert array.stat().st_mtime_ns == stamp
+    loaded = cache.load("rel")
+    assert isinstance(loaded, np.memmap) and loaded.shape == (3, 128, 94)
+    assert json.loads(index.read_text()) == ids
+
+    assert cache_release_features(cache, "rel", ["a", "b"], clips[:2], CPU) is True  # a segment left
+    smaller = FeatureCache(tmp_path, FeatureParams(n_mels=64))  # a changed parameter: a new entry
+    assert smaller.directory != cache.directory
+    assert cache_release_features(smaller, "rel", ["a", "b"], clips[:2], CPU) is True
+    assert smaller.load("rel").shape == (2, 64, 94) and cache.load("rel").shape == (2, 128, 94)
+    assert FeatureParams(batch_size=8).digest() == FeatureParams().digest()
+
+
+def test_unknown_feature_parameter_is_refused():
+    with pytest.raises(ValueError, match="n_mel"):
+        FeatureParams.from_params({"features": {"n_mel": 64}})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_features_match_cpu():
+    clips = _clips(4)
+    cpu = compute_log_mels(clips, FeatureParams(), CPU).astype(np.float32)
+    gpu = compute_log_mels(clips, FeatureParams(), torch.device("cuda")).astype(np.float32)
+    assert np.abs(cpu - gpu).max() < 0.1
