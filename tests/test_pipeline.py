@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 import soundfile as sf
 
 from ml.config import project_root
+from ml.segmentation import PackedRows
 from ml.tables import read_table
 from pipeline.definitions import defs
 from pipeline.partitions import releases
@@ -47,6 +49,7 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
     proc = _run_cli("run", "--library", str(library))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tracks with vocals" in proc.stdout and "rejected: vocals / instrumental" in proc.stdout
+    assert "segments (clips)" in proc.stdout
 
     data = project_dirs["data"]
     kept = read_table(data / "tables" / "clean_tracks.parquet")
@@ -70,6 +73,24 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
         source = next(t for t in kept.to_pylist() if t["track_id"] == row["track_id"])
         assert abs(row["duration_s"] - source["duration_s"]) < 0.1
         assert row["vocal_active_fraction"] > 0.2 and row["backend"] == "torch"
+
+    segments = _release_tables(data, "segments")
+    ids = segments.column("segment_id").to_pylist()
+    assert len(ids) == len(set(ids)) > 0
+    # every track with vocals has clips, or a rejection that says why
+    no_segments = {p for p, (stage, _) in got.items() if stage == "segments"}
+    assert set(segments.column("track_id").to_pylist()) | {
+        r["track_id"] for r in rejected.to_pylist() if r["stage"] == "segments"
+    } == set(vocals.column("track_id").to_pylist())
+    assert not no_segments  # the demo's songs all have sung stretches
+    clips = PackedRows.from_table(segments, data)
+    assert clips.shape == (len(ids), 160000)  # 10 s at 16 kHz
+    assert all(0 <= r["padding_s"] <= 5.0 for r in segments.to_pylist())  # remainders ≥ half a clip
+    features = _release_tables(data, "features")
+    assert features.column("segment_id").to_pylist() == ids
+    log_mels = PackedRows.from_table(features, data, column="feature_file", row="feature_row")
+    assert log_mels.shape == (len(ids), 128, 313) and log_mels.dtype == np.float16
+    assert np.isfinite(log_mels[:].astype(np.float32)).all()
     hostile = next(r for r in kept.to_pylist() if r["title"] == "../../etc/passwd")
     assert hostile["album"] == "..\\..\\Windows\\System32"
     assert _snapshot(library) == before  # the library is read, never written
@@ -90,10 +111,14 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
         assert instance.get_materialized_partitions(dg.AssetKey("vocals")) == set(keys)
 
 
-def _vocals_table(data: Path):
+def _release_tables(data: Path, asset: str):
     import pyarrow as pa
 
-    return pa.concat_tables(read_table(p) for p in sorted((data / "tables" / "vocals").glob("*.parquet")))
+    return pa.concat_tables(read_table(p) for p in sorted((data / "tables" / asset).glob("*.parquet")))
+
+
+def _vocals_table(data: Path):
+    return _release_tables(data, "vocals")
 
 
 def _vocals_metadata(instance: dg.DagsterInstance, key: str) -> dict:
@@ -113,11 +138,13 @@ def test_rerun_is_idempotent_and_a_new_album_is_one_new_partition(small_library,
     first_kept = read_table(data / "clean_tracks.parquet")
 
     first_vocals = _vocals_table(project_dirs["data"])
+    first_segments = _release_tables(project_dirs["data"], "segments")
 
     assert _run_cli("run", "--library", str(library)).returncode == 0  # same input, same tables
     assert read_table(data / "rejected.parquet").equals(first_rejected)
     assert read_table(data / "clean_tracks.parquet").equals(first_kept)
     assert _vocals_table(project_dirs["data"]).equals(first_vocals)
+    assert _release_tables(project_dirs["data"], "segments").equals(first_segments)  # same ids, same clips
     with dg.DagsterInstance.get() as instance:  # the second run separated nothing: all from the cache
         for key in instance.get_dynamic_partitions(releases.name):
             meta = _vocals_metadata(instance, key)
