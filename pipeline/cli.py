@@ -66,14 +66,17 @@ def _ensure_library(paths: config.Paths, params: dict) -> None:
 
 
 def run_pipeline(library: str | None = None) -> int:
-    """The main job: releases → catalogue, on the persistent instance (the UI shows the runs)."""
+    """The main job, on the persistent instance (the UI shows the runs): read the releases, clean the
+    catalogue, separate, segment, split, then train and evaluate one model per split kind."""
     import dagster as dg
 
+    from ml.training import TrainParams
     from pipeline.definitions import defs
     from pipeline.jobs import MAIN_JOB_PHASES
     from pipeline.partitions import sync_release_partitions
 
     params = config.load_params()
+    split_kinds = list(TrainParams.from_params(params).split_kinds)
     paths = config.paths(params, library=library)
     _ensure_library(paths, params)
     os.environ["RECONET_LIBRARY"] = str(paths.library)  # the runs' resources read the same library
@@ -84,9 +87,9 @@ def run_pipeline(library: str | None = None) -> int:
         keys = instance.get_dynamic_partitions("releases")
         console.print(f"library {paths.library}: {len(keys)} releases ({len(added)} new, {len(removed)} removed)")
         with _progress() as progress:
-            for job_name, per_release in MAIN_JOB_PHASES:
+            for job_name, per_release in (*MAIN_JOB_PHASES, ("training_job", "split_kinds")):
                 job = defs.resolve_job_def(job_name)
-                targets = keys if per_release else [None]
+                targets = split_kinds if per_release == "split_kinds" else keys if per_release else [None]
                 task = progress.add_task(job_name, total=len(targets))
                 for key in targets:
                     progress.update(task, description=f"{job_name} {key or ''}"[:60])
@@ -120,12 +123,25 @@ def _print_summary(paths: config.Paths, seconds: float) -> None:
     table.add_row("tracks with vocals", str(rows("vocals")))
     table.add_row("segments (clips)", str(rows("segments")))
     table.add_row("log-mel features", str(rows("features")))
+    metrics_file = paths.reports / "metrics.json"
     table.add_row("artists", str(len(set(kept.column("artist").to_pylist()))))
     reasons = Counter(zip(rejected.column("stage").to_pylist(), rejected.column("reason").to_pylist(), strict=True))
     for (stage, reason), n in sorted(reasons.items()):
         table.add_row(f"rejected: {stage} / {reason}", str(n))
     Console().print(table)
-    console.print(f"tables:  {paths.tables}\nstems:   {paths.vocals}\nreports: {paths.eda_reports}")
+    if metrics_file.exists():
+        import json
+
+        scores = Table(title="test set: accuracy / macro-F1")
+        for column in ("split", "model", "segments acc", "segments F1", "songs acc", "songs F1"):
+            scores.add_column(column, justify="left" if column in ("split", "model") else "right")
+        for kind, m in sorted(json.loads(metrics_file.read_text()).items()):
+            scores.add_row(kind, m["model"], *(f"{m[f'test_{level}_{name}']:.3f}" for level in
+                           ("segment", "song_mean_probability") for name in ("accuracy", "macro_f1")))  # fmt: skip
+        Console().print(scores)
+    console.print(f"tables:  {paths.tables}\nstems:   {paths.vocals}\nreports: {paths.eda_reports.parent}")
+    console.print(f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{paths.root / 'mlflow.db'} "
+                  "-h 127.0.0.1  (then http://127.0.0.1:5000)")
     console.print(f"UI:      DAGSTER_HOME={paths.dagster_home} .venv/bin/dagster dev -w workspace.yaml  (or: make ui)")
 
 

@@ -5,6 +5,7 @@ import dagster as dg
 from assets.catalogue import clean_tracks, rejected, tracks
 from assets.metadata_eda import metadata_eda
 from assets.segments import features, segments
+from assets.training import evaluation, model, splits
 from assets.vocals import vocals
 from pipeline.partitions import sync_release_partitions
 from pipeline.resources import ReconetSettings
@@ -54,8 +55,19 @@ report_job = dg.define_asset_job(
     description="Gather every rejection and explore the catalogue.",
 )  # fmt: skip
 
+# Splits of every segment (all releases).
+splits_job = dg.define_asset_job(
+    "splits_job", selection=dg.AssetSelection.assets(splits), description="Split the segments for training.",
+)  # fmt: skip
+
+# Train and evaluate the model of one split kind (a partition: song, album, segment, kfold).
+training_job = dg.define_asset_job(
+    "training_job", selection=dg.AssetSelection.assets(model, evaluation),
+    description="Train a vocalist classifier on one split kind, evaluate it, record both in MLflow.",
+)  # fmt: skip
+
 # The main job runs these in order; True marks a per-release job (run for each partition).
 MAIN_JOB_PHASES: tuple[tuple[str, bool], ...] = (
     ("release_job", True), ("catalogue_job", False), ("vocals_job", True), ("segments_job", True),
-    ("report_job", False),
+    ("report_job", False), ("splits_job", False),
 )  # fmt: skip

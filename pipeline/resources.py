@@ -63,3 +63,17 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
             what = asset_key.to_user_string() + (f" for release {partition_key!r}" if partition_key else "")
             raise FileNotFoundError(f"{what} has not been materialised yet (no {path}); materialise it first")
         return read_table(path)
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """Where training runs and the model registry go. Empty ``tracking_uri``: ``MLFLOW_TRACKING_URI``,
+    else a SQLite store ``mlflow.db`` in the project root (artifacts in ``mlartifacts/``)."""
+
+    tracking_uri: str = ""
+    experiment: str = "reconet"
+    registered_model: str = "reconet-vocalist"
+
+    def uri(self, root: Path) -> str:
+        from ml.tracking import tracking_uri
+
+        return tracking_uri(root, self.tracking_uri)

@@ -1,0 +1,112 @@
+"""Training assets: `splits`, `model` (per split kind, MLflow) and `evaluation`."""
+
+import json
+from collections import Counter
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from ml.splits import KINDS, SplitParams, split_segments
+from ml.training import TrainParams
+from pipeline.resources import MlflowTracking, ReconetSettings
+
+split_kinds = dg.StaticPartitionsDefinition(list(KINDS))
+ALL_RELEASES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
+
+
+@dg.asset(group_name="training", io_manager_key="table_io_manager", kinds={"parquet"},
+          ins={"segments": ALL_RELEASES})  # fmt: skip
+def splits(context: dg.AssetExecutionContext, settings: ReconetSettings, segments: pa.Table) -> pa.Table:
+    """Song, album, segment (leaky, for comparison) and k-fold splits of every segment, stratified
+    by artist and seeded. Artists with too few songs or albums for a kind are left out of it."""
+    params = SplitParams.from_params(settings.params())
+    table, excluded = split_segments(segments, params)
+    for e in excluded:
+        context.log.warning(f"{e.artist} left out of the {e.kind} split: {e.reason}")
+    counts = Counter(zip(table.column("kind").to_pylist(), table.column("split").to_pylist(), strict=True))
+    context.add_output_metadata(
+        {
+            "segments": segments.num_rows,
+            "rows_by_kind_and_split": dg.MetadataValue.json({f"{k}/{s}": n for (k, s), n in sorted(counts.items())}),
+            "excluded": dg.MetadataValue.json([e.__dict__ for e in excluded]),
+            "seed": params.seed,
+        }
+    )
+    return table
+
+
+class TrainConfig(dg.Config):
+    """Launchpad overrides of params.yaml's `train` section (empty / 0: use params.yaml)."""
+
+    model: str = Field(default="", description="crnn or reconet")
+    epochs: int = Field(default=0, description="maximum epochs")
+
+
+@dg.asset(partitions_def=split_kinds, group_name="training", kinds={"pytorch", "mlflow"}, pool="gpu",
+          ins={"splits": dg.AssetIn(), "segments": ALL_RELEASES, "features": ALL_RELEASES})  # fmt: skip
+def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: ReconetSettings,
+          mlflow_tracking: MlflowTracking, splits: pa.Table, segments: pa.Table, features: pa.Table,
+          ) -> dg.MaterializeResult:  # fmt: skip
+    """A vocalist classifier trained on one split kind (a partition), checkpointed every epoch
+    (resumes after a kill) and recorded in MLflow; the primary kind's model (`train.split_kind`)
+    becomes a new version of the registered model `reconet-vocalist`."""
+    from ml.model_run import train_and_log
+
+    params, paths = settings.params(), settings.paths()
+    overrides = {k: v for k, v in (("model", config.model), ("epochs", config.epochs)) if v}
+    if overrides:
+        params = {**params, "train": {**params.get("train", {}), **overrides}}
+    kind = context.partition_key
+    rows = splits.filter(pc.and_(pc.equal(splits.column("kind"), kind), pc.equal(splits.column("fold"), 0)))
+    if rows.num_rows == 0:
+        raise dg.Failure(f"the {kind} split is empty: see the `splits` asset's metadata for excluded artists")
+    outcome = train_and_log(
+        params, paths, kind, rows, segments, features, mlflow_tracking.uri(paths.root), mlflow_tracking.experiment,
+        register=kind == TrainParams.from_params(params).split_kind, logger=context.log,
+    )  # fmt: skip
+    return dg.MaterializeResult(metadata={
+        "mlflow_run_id": outcome["run_id"], "registered_version": outcome.get("version") or "",
+        "model": outcome["model"], "best_epoch": outcome["best_epoch"], "epochs_run": outcome["epochs_run"],
+        "resumed_from_epoch": outcome["resumed_from_epoch"], "val_accuracy": outcome["val_accuracy"],
+        "train_seconds": round(outcome["seconds"], 1), "data_version": outcome["data_version"],
+        "classes": dg.MetadataValue.json(outcome["classes"]), "checkpoint": dg.MetadataValue.path(outcome["dir"]),
+    })  # fmt: skip
+
+
+@dg.asset(partitions_def=split_kinds, group_name="training", kinds={"pytorch", "mlflow"}, deps=[model],
+          ins={"splits": dg.AssetIn(), "segments": ALL_RELEASES, "features": ALL_RELEASES})  # fmt: skip
+def evaluation(context: dg.AssetExecutionContext, settings: ReconetSettings, mlflow_tracking: MlflowTracking,
+               splits: pa.Table, segments: pa.Table, features: pa.Table) -> dg.MaterializeResult:  # fmt: skip
+    """The split kind's model on its test set, at segment and song level: accuracy, macro and
+    weighted P/R/F1, one-vs-all table, confusion matrix, top-K curve, t-SNE, errors by genre.
+    Written to `reports/evaluation/<kind>/` and `reports/metrics.json`, logged to the MLflow run."""
+    import base64
+
+    from ml.model_run import evaluate_and_log
+
+    params, paths = settings.params(), settings.paths()
+    kind = context.partition_key
+    report = evaluate_and_log(params, paths, kind, splits, segments, features, mlflow_tracking.uri(paths.root),
+                              mlflow_tracking.registered_model, logger=context.log)  # fmt: skip
+    m = report.metrics
+    metadata: dict = {
+        "segment_accuracy": m["segment"]["accuracy"], "segment_macro_f1": m["segment"]["macro_f1"],
+        "song_accuracy": m["song_mean_probability"]["accuracy"],
+        "song_macro_f1": m["song_mean_probability"]["macro_f1"],
+        "song_majority_accuracy": m["song_majority"]["accuracy"], "test_segments": m["segment"]["count"],
+        "test_songs": m["song_mean_probability"]["count"], "champion": str(m.get("champion", "")),
+        "metrics": dg.MetadataValue.json({k: v for k, v in m.items() if k not in ("one_vs_all", "confusion")}),
+    }  # fmt: skip
+    for name in ("confusion", "top_k", "tsne"):
+        if name in report.files:
+            png = base64.b64encode(report.files[name].read_bytes()).decode("ascii")
+            metadata[f"plot_{name}"] = dg.MetadataValue.md(f"![{name}](data:image/png;base64,{png})")
+    metadata["per_artist"] = dg.MetadataValue.md(
+        "| artist | support | accuracy | precision | recall | F1 |\n|---|---|---|---|---|---|\n" + "\n".join(
+            f"| {r['artist']} | {r['support']} | {r['accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} "
+            f"| {r['f1']:.3f} |" for r in m["one_vs_all"])
+    )  # fmt: skip
+    context.log.info(json.dumps({k: metadata[k] for k in ("segment_accuracy", "song_accuracy", "song_macro_f1")}))
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,194 @@
+"""One training run and its evaluation, end to end: data, training, MLflow, files on disk.
+
+The `model` and `evaluation` assets call these two functions; everything they need is passed in.
+Per split kind, ``<data>/models/<kind>/`` holds one folder per (configuration, data version) with
+the checkpoint, the best weights (``model.safetensors``) and the MLflow run id, and
+``current.json`` naming the folder of the latest trained model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from ml import config
+from ml.device import device_from_params
+from ml.evaluation import Report, evaluate, predict
+from ml.features import FeatureParams
+from ml.loader import SegmentDataset
+from ml.models import build_model
+from ml.tables import write_text
+from ml.training import TrainParams, train
+
+log = logging.getLogger(__name__)
+
+LOGGED_SECTIONS = ("train", "models", "features", "segments", "splits", "augment", "separation")
+
+
+def _with_features(segments: pa.Table, features: pa.Table) -> pa.Table:
+    """The segments joined with where their cached log-mels are (same row order as ``segments``)."""
+    joined = segments.join(features.select(["segment_id", "feature_file", "feature_row"]), "segment_id",
+                           join_type="inner")  # fmt: skip
+    if joined.num_rows != segments.num_rows:
+        raise ValueError(f"{segments.num_rows - joined.num_rows} segments have no cached features: "
+                         "materialise `features` for every release first")  # fmt: skip
+    return joined.sort_by("segment_id")
+
+
+def _split_rows(splits: pa.Table, segments: pa.Table, kind: str, which: str) -> pa.Table:
+    mask = pc.and_(pc.and_(pc.equal(splits.column("kind"), kind), pc.equal(splits.column("fold"), 0)),
+                   pc.equal(splits.column("split"), which))  # fmt: skip
+    ids = splits.filter(mask).column("segment_id")
+    return segments.filter(pc.is_in(segments.column("segment_id"), ids))
+
+
+def data_version(rows: pa.Table, features: FeatureParams) -> str:
+    ids = sorted(rows.column("segment_id").to_pylist())
+    return hashlib.sha256(json.dumps([ids, features.digest()]).encode()).hexdigest()[:16]
+
+
+def _augmenters(params: dict[str, Any], sample_rate: int):
+    from ml.augment import AudioAugmenter, AugmentParams, SpectrogramAugmenter
+
+    settings = AugmentParams.from_params(params.get("augment", {}))
+    return AudioAugmenter(settings, sample_rate), SpectrogramAugmenter(settings)
+
+
+def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_rows: pa.Table, segments: pa.Table,
+                  features: pa.Table, tracking_uri: str, experiment: str, register: bool,
+                  logger: logging.Logger | Any = None) -> dict[str, Any]:  # fmt: skip
+    """Train the configured model on split ``kind`` (or resume it), log it to MLflow, register it
+    when ``register``; returns what the asset reports."""
+    import mlflow
+    from safetensors.torch import save_file
+
+    from ml.tracking import flatten, git_commit, mlflow_run
+    from ml.tracking import register as register_version
+
+    logger = logger or log
+    settings = TrainParams.from_params(params)
+    feature_params = FeatureParams.from_params(params)
+    table = _with_features(segments, features)
+    train_rows = _split_rows(split_rows, table, kind, "train")
+    val_rows = _split_rows(split_rows, table, kind, "val")
+    classes = sorted(set(train_rows.column("artist").to_pylist()), key=str)
+    val_rows = val_rows.filter(pc.is_in(val_rows.column("artist"), pa.array(classes)))
+    if len(classes) < 2 or val_rows.num_rows == 0:
+        raise ValueError(f"the {kind} split needs at least 2 artists and a validation set "
+                         f"(has {len(classes)} artists, {val_rows.num_rows} validation clips)")  # fmt: skip
+    version = data_version(pa.concat_tables([train_rows, val_rows]), feature_params)
+    digest = settings.digest({"data": version, "kind": kind, "features": feature_params.digest()})[:12]
+    run_dir = paths.data / "models" / kind / digest
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = device_from_params(params)
+    source = "audio" if settings.augment else "features"
+    train_set = SegmentDataset(train_rows, paths.data, classes, source=source)
+    val_set = SegmentDataset(val_rows, paths.data, classes, source="features")
+    augmenters = _augmenters(params, feature_params.sample_rate) if settings.augment else (None, None)
+    run_id_file = run_dir / "mlflow_run_id"
+    previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
+    logger.info(f"training {settings.model} on the {kind} split: {len(train_set)} clips, "
+                f"{len(classes)} artists, {val_rows.num_rows} validation clips, on {device}")  # fmt: skip
+    started = time.perf_counter()
+    with mlflow_run(tracking_uri, experiment, paths.root / "mlartifacts", f"{settings.model}-{kind}",
+                    run_id=previous_run) as run:  # fmt: skip
+        write_text(run.info.run_id, run_id_file)
+        if previous_run is None:
+            mlflow.log_params(flatten({s: params.get(s, {}) for s in LOGGED_SECTIONS}))
+            mlflow.log_params({"split_kind": kind, "classes": json.dumps(classes), "train_clips": len(train_set),
+                               "val_clips": len(val_set), "device": str(device)})  # fmt: skip
+            mlflow.set_tags({"data_version": version, "git_commit": git_commit(paths.root), "split_kind": kind,
+                             "model": settings.model})  # fmt: skip
+
+        def on_epoch(m) -> None:
+            names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
+            mlflow.log_metrics({n: getattr(m, n) for n in names}, step=m.epoch)
+
+        result = train(train_set, val_set, settings, feature_params, device, run_dir, augmenters, on_epoch, logger)
+        weights = run_dir / "model.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(weights))
+        info = {"model": settings.model, "model_options": settings.model_options, "classes": classes,
+                "n_mels": feature_params.n_mels, "kind": kind, "run_id": run.info.run_id, "data_version": version,
+                "best_epoch": result.best_epoch, "dir": str(run_dir)}  # fmt: skip
+        write_text(json.dumps(info, indent=1), run_dir / "model.json")
+        mlflow.log_artifact(str(weights), "weights")
+        mlflow.log_artifact(str(run_dir / "model.json"), "weights")
+        mlflow.log_metric("best_epoch", result.best_epoch)
+        example = next(iter(torch.utils.data.DataLoader(val_set, batch_size=2, collate_fn=lambda b: b)))
+        x = example.log_mel.float().numpy()[:1]
+        with torch.inference_mode():
+            logits = result.model.cpu()(torch.from_numpy(x)).numpy()
+        logged = mlflow.pytorch.log_model(result.model.cpu(), name="model", input_example=x,
+                                          signature=mlflow.models.infer_signature(x, logits))  # fmt: skip
+        registered = register_version(tracking_uri, run.info.run_id, logged.model_uri) if register else None
+        if registered:
+            mlflow.set_tag("registered_version", registered)
+            logger.info(f"registered reconet-vocalist version {registered}")
+    info["version"] = registered
+    write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
+    best = next(h for h in result.history if h.epoch == result.best_epoch) if result.best_epoch else result.history[-1]
+    return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
+            "val_accuracy": best.val_accuracy, "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The latest model trained on split ``kind``, from its safetensors weights (no pickle)."""
+    from safetensors.torch import load_file
+
+    current = paths.data / "models" / kind / "current.json"
+    if not current.exists():
+        raise FileNotFoundError(f"no model trained on the {kind} split yet ({current}): materialise `model` first")
+    info = json.loads(current.read_text(encoding="utf-8"))
+    model = build_model(info["model"], len(info["classes"]), info["n_mels"], info["model_options"])
+    model.load_state_dict(load_file(str(Path(info["dir"]) / "model.safetensors")))
+    return model.eval(), info
+
+
+def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, splits: pa.Table, segments: pa.Table,
+                     features: pa.Table, tracking_uri: str, registered_model: str,
+                     logger: logging.Logger | Any = None) -> Report:  # fmt: skip
+    import mlflow
+
+    logger = logger or log
+    model, info = load_trained(paths, kind)
+    device = device_from_params(params)
+    model = model.to(device)
+    table = _with_features(segments, features)
+    test_rows = _split_rows(splits, table, kind, "test")
+    test_rows = test_rows.filter(pc.is_in(test_rows.column("artist"), pa.array(info["classes"])))
+    if test_rows.num_rows == 0:
+        raise ValueError(f"the {kind} split has no test clips")
+    dataset = SegmentDataset(test_rows, paths.data, info["classes"], source="features")
+    predictions = predict(model, dataset, device)
+    out_dir = paths.reports / "evaluation" / kind
+    report = evaluate(predictions, out_dir, f"{info['model']}, {kind} split")
+    m = report.metrics
+    summary = {f"test_{level}_{name}": m[level][name] for level in ("segment", "song_majority", "song_mean_probability")
+               for name in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")}  # fmt: skip
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=info["run_id"]):
+        mlflow.log_metrics(summary)
+        for k, value in enumerate(m["top_k_song"], 1):
+            mlflow.log_metric("test_song_top_k_accuracy", value, step=k)
+        for path in report.files.values():
+            mlflow.log_artifact(str(path), f"evaluation/{kind}")
+    metrics_file = paths.reports / "metrics.json"
+    try:
+        all_metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        all_metrics = {}
+    all_metrics[kind] = {"model": info["model"], "mlflow_run_id": info["run_id"],
+                         **{k: round(v, 4) for k, v in summary.items()}}  # fmt: skip
+    write_text(json.dumps(all_metrics, indent=1, sort_keys=True), metrics_file)
+    logger.info(f"{kind} split: segment accuracy {m['segment']['accuracy']:.3f}, "
+                f"song accuracy {m['song_mean_probability']['accuracy']:.3f}, "
+                f"song macro-F1 {m['song_mean_probability']['macro_f1']:.3f}")  # fmt: skip
+    return report

@@ -1,0 +1,156 @@
+"""Train / validation / test splits of the segments, stratified by artist and seeded.
+
+Four kinds, as the reports use them:
+
+* ``song`` (default): whole songs go to one side — no clip of a test song is ever trained on;
+* ``album``: per artist one album to test and one to validation, the rest to training (the
+  "producer effect" test: a voice recognised across recording sessions, not a mix recognised).
+  With only two albums, the test album is one and validation takes songs of the other;
+* ``segment``: the RecoNet report's stratified 60/20/20 over clips. **Leaky**: clips of one song
+  land on both sides, so its scores overstate what a new song would get; kept for comparison;
+* ``kfold``: k folds by song (each song in exactly one test fold), for cross-validation.
+
+An artist with too few songs or albums for the chosen kind is left out with a reason (returned,
+and recorded in `rejected` by the asset), never crashed on.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+KINDS = ("song", "album", "segment", "kfold")
+
+SPLITS_SCHEMA = pa.schema(
+    [
+        pa.field("segment_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("artist", pa.string(), nullable=False),
+        pa.field("album", pa.string()),
+        pa.field("kind", pa.string(), nullable=False),  # song, album, segment, kfold
+        pa.field("fold", pa.int32(), nullable=False),  # 0 except for kfold
+        pa.field("split", pa.string(), nullable=False),  # train, val, test
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    kinds: tuple[str, ...] = KINDS
+    seed: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    folds: int = 5
+    min_songs: int = 3  # per artist, for song / segment / kfold splits (one song per side at least)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SplitParams:
+        section = dict(params.get("splits", {}))
+        unknown = set(section) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown key(s) in params.yaml splits: {sorted(unknown)}")
+        if "kinds" in section:
+            section["kinds"] = tuple(section["kinds"])
+            bad = set(section["kinds"]) - set(KINDS)
+            if bad:
+                raise ValueError(f"splits.kinds: unknown kind(s) {sorted(bad)}; choose from {KINDS}")
+        return cls(**section)
+
+
+@dataclass
+class Exclusion:
+    artist: str
+    kind: str
+    reason: str
+
+
+def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(val, test) counts out of n items: at least one each, and at least one left to train."""
+    test = min(max(1, round(n * test_fraction)), n - 2)
+    val = min(max(1, round(n * val_fraction)), n - 1 - test)
+    return val, test
+
+
+def _by_artist(segments: pa.Table) -> dict[str, dict[str, Any]]:
+    artists: dict[str, dict[str, Any]] = defaultdict(lambda: {"tracks": {}, "albums": defaultdict(list)})
+    for track_id, artist, album in zip(*(segments.column(c).to_pylist() for c in ("track_id", "artist", "album")),
+                                       strict=True):  # fmt: skip
+        entry = artists[artist]
+        if track_id not in entry["tracks"]:
+            entry["tracks"][track_id] = album
+            entry["albums"][album or ""].append(track_id)
+    return artists
+
+
+def split_segments(segments: pa.Table, settings: SplitParams) -> tuple[pa.Table, list[Exclusion]]:
+    """Every split kind of ``settings.kinds`` over the segments: one row per (segment, kind, fold)."""
+    artists = _by_artist(segments)
+    track_split: dict[tuple[str, int], dict[str, str]] = {}  # (kind, fold) -> track_id -> split
+    segment_split: dict[str, str] = {}
+    excluded: list[Exclusion] = []
+    for artist in sorted(artists, key=str):
+        tracks = sorted(artists[artist]["tracks"])  # sorted, then shuffled by a seed of its own
+        albums = {a: sorted(t) for a, t in artists[artist]["albums"].items()}
+        rng = np.random.default_rng([settings.seed, *artist.encode("utf-8")])
+        order = [tracks[i] for i in rng.permutation(len(tracks))]
+        for kind in settings.kinds:
+            if kind in ("song", "segment", "kfold") and len(tracks) < settings.min_songs:
+                excluded.append(Exclusion(artist, kind, f"{len(tracks)} song(s); the {kind} split needs "
+                                                        f"{settings.min_songs}"))  # fmt: skip
+                continue
+            if kind == "song":
+                val, test = _counts(len(order), settings.val_fraction, settings.test_fraction)
+                sides = ["test"] * test + ["val"] * val + ["train"] * (len(order) - test - val)
+                track_split.setdefault((kind, 0), {}).update(zip(order, sides, strict=True))
+            elif kind == "kfold":
+                folds = min(settings.folds, len(order))
+                for fold in range(settings.folds):
+                    held_out = set(order[fold % folds :: folds]) if fold < folds else set()
+                    rest = [t for t in order if t not in held_out]
+                    n_val = max(1, round(len(rest) * settings.val_fraction)) if len(rest) > 1 else 0
+                    mapping = {t: "test" for t in held_out}
+                    mapping.update({t: ("val" if i < n_val else "train") for i, t in enumerate(rest)})
+                    track_split.setdefault((kind, fold), {}).update(mapping)
+            elif kind == "album":
+                if len(albums) < 2:
+                    excluded.append(Exclusion(artist, kind, f"{len(albums)} album(s); the album split needs 2"))
+                    continue
+                names = sorted(albums, key=str)
+                names = [names[i] for i in rng.permutation(len(names))]
+                mapping = {t: "test" for t in albums[names[0]]}
+                if len(names) >= 3:
+                    mapping.update({t: "val" for t in albums[names[1]]})
+                    mapping.update({t: "train" for n in names[2:] for t in albums[n]})
+                else:  # two albums: validation takes songs of the training album
+                    rest = albums[names[1]]
+                    rest = [rest[i] for i in rng.permutation(len(rest))]
+                    if len(rest) < 2:
+                        excluded.append(Exclusion(artist, kind, "the training album has fewer than 2 songs"))
+                        continue
+                    n_val = max(1, round(len(rest) * settings.val_fraction))
+                    mapping.update({t: ("val" if i < n_val else "train") for i, t in enumerate(rest)})
+                track_split.setdefault((kind, 0), {}).update(mapping)
+        if "segment" in settings.kinds and len(tracks) >= settings.min_songs:
+            ids = [s for s, a in zip(segments.column("segment_id").to_pylist(), segments.column("artist").to_pylist(),
+                                     strict=True) if a == artist]  # fmt: skip
+            ids = sorted(ids)
+            ids = [ids[i] for i in rng.permutation(len(ids))]
+            val, test = _counts(len(ids), settings.val_fraction, settings.test_fraction) if len(ids) >= 3 else (0, 0)
+            segment_split.update(zip(ids, ["test"] * test + ["val"] * val + ["train"] * (len(ids) - test - val),
+                                     strict=True))  # fmt: skip
+    rows = []
+    columns = {c: segments.column(c).to_pylist() for c in ("segment_id", "track_id", "artist", "album")}
+    for i in range(segments.num_rows):
+        base = {c: columns[c][i] for c in columns}
+        for (kind, fold), mapping in track_split.items():
+            if base["track_id"] in mapping:
+                rows.append({**base, "kind": kind, "fold": fold, "split": mapping[base["track_id"]]})
+        if base["segment_id"] in segment_split:
+            rows.append({**base, "kind": "segment", "fold": 0, "split": segment_split[base["segment_id"]]})
+    from ml.tables import table_from_rows
+
+    return table_from_rows(rows, SPLITS_SCHEMA), excluded

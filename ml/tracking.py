@@ -1,0 +1,99 @@
+"""MLflow tracking and registry: a local SQLite store by default, any MLflow server by URI.
+
+``MLFLOW_TRACKING_URI`` (or the Dagster resource's ``tracking_uri``) points at a server; otherwise
+runs and the model registry live in ``sqlite:///<root>/mlflow.db`` with artifacts under
+``<root>/mlartifacts/`` (MLflow 3 refuses the plain ``./mlruns`` file store). Browse them with
+``mlflow ui --backend-store-uri sqlite:///mlflow.db`` (see README).
+
+The model is logged with ``mlflow.pytorch`` (a pickled module, MLflow's own format, with its
+signature and an input example) for MLflow serving; reconet itself loads models only from
+safetensors weights, which every run also logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+REGISTERED_MODEL = "reconet-vocalist"
+CHAMPION = "champion"
+
+
+def tracking_uri(root: Path, configured: str = "") -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params.yaml sections as MLflow params ("train.learning_rate": "0.001")."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return {k: v[:6000] for k, v in flat.items()}
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    commit = out.stdout.strip() or "unknown"
+    return f"{commit}-dirty" if dirty and commit != "unknown" else commit
+
+
+@contextmanager
+def mlflow_run(uri: str, experiment: str, artifact_root: Path, run_name: str,
+               run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:  # fmt: skip
+    """Start (or resume, given ``run_id``) a run in ``experiment``, created with its artifacts
+    under ``artifact_root`` when new."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        experiment_id = found.experiment_id
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                          run_name=None if run_id else run_name) as run:  # fmt: skip
+        yield run
+
+
+def register(uri: str, run_id: str, model_uri: str, name: str = REGISTERED_MODEL) -> str:
+    """A new version of the registered model from the run's logged model; returns the version."""
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
+    return str(version.version)
+
+
+def champion_f1(uri: str, name: str = REGISTERED_MODEL) -> tuple[str | None, float | None]:
+    """(version, test macro-F1) of the current champion, if any."""
+    client = MlflowClient(uri)
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None, None
+    f1 = client.get_run(version.run_id).data.metrics.get("test_song_mean_probability_macro_f1")
+    return version.version, f1
+
+
+def promote_if_not_worse(uri: str, version: str, f1: float, name: str = REGISTERED_MODEL) -> bool:
+    """Give ``version`` the champion alias unless the current champion's test macro-F1 is higher."""
+    current, current_f1 = champion_f1(uri, name)
+    if current is not None and current_f1 is not None and f1 < current_f1:
+        return False
+    MlflowClient(uri).set_registered_model_alias(name, CHAMPION, version)
+    return True

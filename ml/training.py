@@ -1,0 +1,224 @@
+"""Training a vocalist classifier on the segments: resumable, seeded, class-balanced.
+
+Adam with weight decay 1e-6, ReduceLROnPlateau on the validation loss, early stopping on it (the
+best epoch's weights are kept), class-balanced sampling or loss weights, mixed precision on CUDA.
+Batches come from ``ml/loader.py``: raw clips augmented on the device and turned into log-mels
+there (``train.augment: true``), or the cached log-mels.
+
+Every epoch ends with a checkpoint written atomically (``torch.save`` to a temporary file, then a
+rename) holding the model, optimiser, scheduler, early-stopping state and history. Training started
+again with the same configuration and data resumes after the last finished epoch; checkpoints are
+loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ml.features import FeatureParams, LogMel
+from ml.loader import SegmentDataset, make_loader, model_input
+from ml.models import build_model
+from ml.tables import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: str = "crnn"
+    split_kind: str = "song"  # which split trains the registered model
+    split_kinds: tuple[str, ...] = ("song", "album")  # what `reconet run` trains and evaluates
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-6
+    lr_patience: int = 3  # epochs without a better validation loss before the rate drops
+    lr_factor: float = 0.5
+    early_stopping_patience: int = 8
+    balance: str = "sampler"  # sampler | loss | none
+    augment: bool = True  # raw clips + on-device augmentation; false: cached log-mels
+    mixed_precision: bool = True  # CUDA only
+    seed: int = 0
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrainParams:
+        section = dict(params.get("train", {}))
+        unknown = set(section) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown key(s) in params.yaml train: {sorted(unknown)}")
+        if section.get("balance", "sampler") not in ("sampler", "loss", "none"):
+            raise ValueError("train.balance must be sampler, loss or none")
+        if "split_kinds" in section:
+            section["split_kinds"] = tuple(section["split_kinds"])
+        name = section.get("model", cls.model)
+        section["model_options"] = dict(params.get("models", {}).get(name, {}))
+        return cls(**section)
+
+    def digest(self, extra: dict[str, Any]) -> str:
+        """Identity of a training run: everything that shapes its epochs. The epoch budget and the
+        early-stopping patience are left out, so raising them resumes the same run."""
+        shaping = {k: v for k, v in asdict(self).items() if k not in ("epochs", "early_stopping_patience",
+                                                                     "split_kinds")}  # fmt: skip
+        return hashlib.sha256(json.dumps({**shaping, **extra}, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    learning_rate: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # with the best epoch's weights, in eval mode
+    classes: list[str]
+    history: list[EpochMetrics]
+    best_epoch: int
+    resumed_from_epoch: int  # 0 when training started afresh
+    stopped_early: bool
+
+
+class Checkpointer:
+    """One training run's checkpoint, replaced atomically after every epoch."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / "checkpoint.pt"
+
+    def save(self, state: dict[str, Any]) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+
+def _evaluate_loss(model: nn.Module, loader, device: torch.device, loss_fn: nn.Module) -> tuple[float, float]:
+    model.eval()
+    total, correct, loss_sum = 0, 0, 0.0
+    with torch.inference_mode():
+        for batch in loader:
+            logits = model(model_input(batch, device)).float()
+            labels = batch.labels.to(device)
+            loss_sum += float(loss_fn(logits, labels)) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            total += len(labels)
+    return loss_sum / max(total, 1), correct / max(total, 1)
+
+
+def train(
+    train_set: SegmentDataset,
+    val_set: SegmentDataset,
+    settings: TrainParams,
+    features: FeatureParams,
+    device: torch.device,
+    checkpoint_dir: Path,
+    augmenters: tuple[Callable | None, Callable | None] = (None, None),
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    logger: logging.Logger | Any = None,
+) -> TrainResult:
+    """Train (or resume) until early stopping or ``settings.epochs``; ``train_set`` should use the
+    ``audio`` source when augmenting, ``val_set`` the ``features`` source."""
+    logger = logger or log
+    classes = train_set.classes
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model, len(classes), features.n_mels, settings.model_options).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="min", factor=settings.lr_factor, patience=settings.lr_patience
+    )
+    counts = train_set.class_counts().double()
+    weights = (counts.sum() / (len(counts) * counts.clamp_min(1))).float() if settings.balance == "loss" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    val_loss_fn = nn.CrossEntropyLoss()
+    amp = settings.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    log_mel = LogMel(features).to(device) if train_set.source == "audio" else None
+    audio_augment, spectrogram_augment = augmenters if settings.augment else (None, None)
+
+    checkpointer = Checkpointer(checkpoint_dir)
+    state = checkpointer.load()
+    history: list[EpochMetrics] = []
+    best = {"loss": float("inf"), "epoch": 0, "weights": None}
+    stale, start_epoch, stopped_early = 0, 1, False
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = [EpochMetrics(**h) for h in json.loads(state["history"])]
+        best = {"loss": state["best_loss"], "epoch": state["best_epoch"], "weights": state["best_weights"]}
+        stale, stopped_early = state["stale_epochs"], state["finished"]
+        start_epoch = history[-1].epoch + 1 if history else 1
+        logger.info(f"resuming from the checkpoint after epoch {start_epoch - 1} ({checkpointer.path})")
+    resumed_from = start_epoch - 1
+    val_loader = make_loader(val_set, settings.batch_size)
+
+    for epoch in range(start_epoch, settings.epochs + 1):
+        if stopped_early:
+            break
+        started = time.perf_counter()
+        model.train()
+        loader = make_loader(train_set, settings.batch_size, shuffle=True, balanced=settings.balance == "sampler",
+                             seed=settings.seed * 1000 + epoch)  # fmt: skip
+        generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + epoch)
+        total, correct, loss_sum = 0, 0, 0.0
+        for batch in loader:
+            x = model_input(batch, device, log_mel, audio_augment, spectrogram_augment, generator)
+            labels = batch.labels.to(device)
+            with torch.autocast(device.type, enabled=amp):
+                logits = model(x)
+                loss = loss_fn(logits.float(), labels)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            loss_sum += float(loss.detach()) * len(labels)
+            correct += int((logits.detach().argmax(1) == labels).sum())
+            total += len(labels)
+        val_loss, val_accuracy = _evaluate_loss(model, val_loader, device, val_loss_fn)
+        scheduler.step(val_loss)
+        metrics = EpochMetrics(epoch, loss_sum / max(total, 1), correct / max(total, 1), val_loss, val_accuracy,
+                               optimiser.param_groups[0]["lr"], time.perf_counter() - started)  # fmt: skip
+        history.append(metrics)
+        if val_loss < best["loss"] - 1e-4:
+            best = {"loss": val_loss, "epoch": epoch, "weights": {k: v.detach().cpu().clone()
+                                                                  for k, v in model.state_dict().items()}}  # fmt: skip
+            stale = 0
+        else:
+            stale += 1
+        stopped_early = stale >= settings.early_stopping_patience
+        checkpointer.save({
+            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+            "history": json.dumps([asdict(h) for h in history]), "best_loss": best["loss"],
+            "best_epoch": best["epoch"], "best_weights": best["weights"], "stale_epochs": stale,
+            "finished": stopped_early or epoch == settings.epochs, "classes": classes,
+        })  # fmt: skip
+        logger.info(
+            f"epoch {epoch}/{settings.epochs}: train loss {metrics.train_loss:.3f} acc {metrics.train_accuracy:.3f}, "
+            f"val loss {val_loss:.3f} acc {val_accuracy:.3f}, lr {metrics.learning_rate:.1e}, {metrics.seconds:.0f} s"
+        )
+        if on_epoch:
+            on_epoch(metrics)
+        if stopped_early:
+            logger.info(f"early stop: no better validation loss for {stale} epochs (best: epoch {best['epoch']})")
+    if best["weights"] is not None:
+        model.load_state_dict(best["weights"])
+    model.eval()
+    return TrainResult(model, classes, history, best["epoch"], resumed_from, stopped_early)

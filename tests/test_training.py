@@ -1,0 +1,181 @@
+"""Splits, training (resumable) and evaluation with MLflow, on a tiny generated set of clips."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ml import config
+from ml.features import FeatureParams, compute_log_mels
+from ml.splits import SplitParams, split_segments
+
+SR = 16000
+ARTISTS = {"Alto": 180.0, "Bass": 90.0, "Tenor": 330.0}  # each "voice": its own pitch and timbre
+
+
+def _segments(songs_per_album: int = 3, albums: int = 2, clips_per_song: int = 3) -> pa.Table:
+    rows = []
+    for artist in ARTISTS:
+        for a in range(albums):
+            for s in range(songs_per_album):
+                track = f"{artist}-{a}-{s}"
+                for c in range(clips_per_song):
+                    genre = "Pop" if artist != "Bass" else "Rock"
+                    rows.append({"segment_id": f"{track}-{c}", "track_id": track, "artist": artist,
+                                 "album": f"{artist} album {a}", "over_genre": genre})  # fmt: skip
+    return pa.Table.from_pylist(rows)
+
+
+def test_song_and_album_splits_are_disjoint_and_hold_every_artist():
+    table, excluded = split_segments(_segments(), SplitParams(seed=3))
+    assert excluded == []
+    for kind in ("song", "album"):
+        rows = table.filter(pc.equal(table.column("kind"), kind)).to_pylist()
+        sides = {s: {r["track_id"] for r in rows if r["split"] == s} for s in ("train", "val", "test")}
+        assert not (sides["train"] & sides["test"]) and not (sides["train"] & sides["val"])
+        assert not (sides["val"] & sides["test"])
+        for split in ("train", "val", "test"):
+            assert {r["artist"] for r in rows if r["split"] == split} == set(ARTISTS)
+        if kind == "album":  # the test album is never trained on
+            albums = {s: {r["album"] for r in rows if r["split"] == s} for s in ("train", "test")}
+            assert not (albums["train"] & albums["test"])
+    again, _ = split_segments(_segments(), SplitParams(seed=3))
+    assert again.equals(table)  # seeded
+
+
+def test_segment_split_is_leaky_and_kfold_tests_every_song_once():
+    table, _ = split_segments(_segments(), SplitParams(kinds=("segment", "kfold"), folds=3))
+    segment = table.filter(pc.equal(table.column("kind"), "segment")).to_pylist()
+    shares = {s: sum(r["split"] == s for r in segment) / len(segment) for s in ("train", "val", "test")}
+    assert shares["train"] == pytest.approx(0.6, abs=0.1) and shares["test"] == pytest.approx(0.2, abs=0.1)
+    train_songs = {r["track_id"] for r in segment if r["split"] == "train"}
+    assert train_songs & {r["track_id"] for r in segment if r["split"] == "test"}  # leaky by design
+    kfold = table.filter(pc.equal(table.column("kind"), "kfold")).to_pylist()
+    tested = [(r["track_id"], r["fold"]) for r in kfold if r["split"] == "test"]
+    songs = {t for t, _ in tested}
+    assert len(songs) == 18 and all(len({f for t2, f in tested if t2 == t}) == 1 for t in songs)
+
+
+def test_artists_with_too_few_songs_or_albums_are_left_out_with_a_reason():
+    table = _segments()
+    lone = pa.Table.from_pylist([{"segment_id": "x-0", "track_id": "x", "artist": "Solo", "album": "One",
+                                  "over_genre": "Pop"}])  # fmt: skip
+    splits, excluded = split_segments(pa.concat_tables([table, lone]), SplitParams())
+    reasons = {(e.artist, e.kind): e.reason for e in excluded}
+    assert "1 song(s)" in reasons[("Solo", "song")] and "1 album(s)" in reasons[("Solo", "album")]
+    assert "Solo" not in set(splits.column("artist").to_pylist())
+
+
+def _tiny_project(tmp_path):
+    """Packed 1 s clips of three synthetic voices, their log-mels, and a params dict for a fast run."""
+    rng = np.random.default_rng(0)
+    segments = _segments(clips_per_song=4)
+    t = np.arange(SR) / SR
+    clips = []
+    for row in segments.to_pylist():
+        f0 = ARTISTS[row["artist"]] * (1 + 0.03 * rng.standard_normal())
+        voice = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6)) / h for h in range(1, 6))
+        clips.append(0.2 * voice + 0.01 * rng.standard_normal(SR))
+    packed = np.round(np.stack(clips) * 32767).astype(np.int16)
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    np.save(data / "segments" / "v.npy", packed)
+    np.save(data / "segments" / "a.npy", packed // 4)
+    params = config.load_params()
+    params["features"] = {**params["features"], "n_mels": 64}
+    features = compute_log_mels(packed, FeatureParams.from_params(params), __import__("torch").device("cpu"))
+    (data / "features").mkdir()
+    np.save(data / "features" / "f.npy", features)
+    n = segments.num_rows
+    segments = segments.append_column("audio_file", pa.array(["segments/v.npy"] * n))
+    segments = segments.append_column("accompaniment_file", pa.array(["segments/a.npy"] * n))
+    segments = segments.append_column("audio_row", pa.array(range(n)))
+    feature_table = pa.table({"segment_id": segments.column("segment_id"), "feature_file": ["features/f.npy"] * n,
+                              "feature_row": pa.array(range(n), pa.int32())})  # fmt: skip
+    params["train"] = {**params["train"], "epochs": 6, "batch_size": 16, "augment": False, "learning_rate": 0.003}
+    params["models"] = {"crnn": {"filters": [8, 16, 16, 16], "gru_units": 16}}
+    return params, segments, feature_table
+
+
+def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_version(tmp_path, monkeypatch):
+    from ml.model_run import evaluate_and_log, train_and_log
+
+    monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RECONET_REPORTS_DIR", str(tmp_path / "reports"))
+    params, segments, features = _tiny_project(tmp_path)
+    paths = config.paths(params)
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = train_and_log(params, paths, "song", splits, segments, features, uri, "reconet-test", register=True)
+    client = MlflowClient(uri)
+    run = client.get_run(out["run_id"])
+    assert run.data.params["train.learning_rate"] == "0.003" and run.data.params["split_kind"] == "song"
+    assert run.data.tags["data_version"] == out["data_version"] and run.data.tags["git_commit"]
+    losses = [m.value for m in client.get_metric_history(out["run_id"], "train_loss")]
+    assert len(losses) >= 3 and losses[-1] < losses[0]  # the loss falls
+    assert out["version"] == "1"
+    assert client.get_model_version("reconet-vocalist", "1").run_id == out["run_id"]
+
+    report = evaluate_and_log(params, paths, "song", splits, segments, features, uri, "reconet-vocalist")
+    assert report.metrics["segment"]["count"] > 0 and 0 <= report.metrics["song_majority"]["accuracy"] <= 1
+    assert len(report.metrics["top_k_song"]) == 3 and report.metrics["top_k_song"][-1] == 1.0
+    run = client.get_run(out["run_id"])
+    assert "test_song_mean_probability_macro_f1" in run.data.metrics
+    for name in ("confusion.png", "top_k.png", "per_artist.csv", "metrics.json"):
+        assert (paths.reports / "evaluation" / "song" / name).exists()
+    summary = json.loads((paths.reports / "metrics.json").read_text())
+    assert summary["song"]["mlflow_run_id"] == out["run_id"]
+
+
+KILLED_TRAINING = """
+import sys, json, pyarrow as pa, pyarrow.parquet as pq
+from ml import config
+from ml.model_run import train_and_log
+from ml.splits import SplitParams, split_segments
+params = json.loads(open(sys.argv[1]).read())
+segments, features = pq.read_table(sys.argv[2]), pq.read_table(sys.argv[3])
+splits, _ = split_segments(segments, SplitParams(kinds=("song",)))
+out = train_and_log(params, config.paths(params), "song", splits, segments, features, sys.argv[4], "t", False)
+print(json.dumps({"resumed_from_epoch": out["resumed_from_epoch"], "epochs_run": out["epochs_run"]}))
+"""
+
+
+def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
+    params, segments, features = _tiny_project(tmp_path)
+    params["train"]["epochs"] = 200
+    params["train"]["early_stopping_patience"] = 1000
+    files = [tmp_path / "params.json", tmp_path / "segments.parquet", tmp_path / "features.parquet"]
+    files[0].write_text(json.dumps(params))
+    pq.write_table(segments, files[1])
+    pq.write_table(features, files[2])
+    args = [sys.executable, "-c", KILLED_TRAINING, *map(str, files), f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    proc = subprocess.Popen(args, cwd=config.project_root())
+    deadline = time.monotonic() + 240
+    checkpoints = []
+    while time.monotonic() < deadline and proc.poll() is None and not checkpoints:
+        checkpoints = list((tmp_path / "data" / "models").rglob("checkpoint.pt"))
+        time.sleep(0.2)
+    assert checkpoints, "no checkpoint was written"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from ml.training import Checkpointer
+
+    state = Checkpointer(checkpoints[0].parent).load()  # the file in place is a whole checkpoint
+    assert state is not None and json.loads(state["history"])
+    params["train"]["epochs"] = 6  # finish quickly: resume, then stop at epoch 6
+    files[0].write_text(json.dumps(params))
+    done = subprocess.run(args, cwd=config.project_root(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["resumed_from_epoch"] >= 1 and result["epochs_run"] == max(6, result["resumed_from_epoch"])
