@@ -129,7 +129,7 @@ def main() -> None:
         while steps < args.steps:
             t_data = time.perf_counter()
             for batch in loader:
-                x = model_input(batch, torch.device("cpu"))
+                x, _ = model_input(batch, torch.device("cpu"))
                 t_step = time.perf_counter()
                 data_s += t_step - t_data
                 optimiser.zero_grad()

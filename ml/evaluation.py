@@ -40,13 +40,15 @@ class Predictions:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, dataset: SegmentDataset, device: torch.device, batch_size: int = 64,
-            ) -> Predictions:  # fmt: skip
+            log_mel: torch.nn.Module | None = None) -> Predictions:  # fmt: skip
+    """Class probabilities and embeddings of every clip (raw clips need ``log_mel``)."""
+    from ml.models import embed
+
     model.eval()
     probabilities, embeddings = [], []
     for batch in make_loader(dataset, batch_size):
-        x = model_input(batch, device)
-        embedding = model.embed(x)
-        logits = model.classifier(embedding) if hasattr(model, "classifier") else model(x)
+        embedding = embed(model, *model_input(batch, device, log_mel))
+        logits = model.classifier(embedding)
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         embeddings.append(embedding.float().cpu().numpy())
     table = dataset.table

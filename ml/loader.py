@@ -101,9 +101,10 @@ def make_loader(dataset: SegmentDataset, batch_size: int, shuffle: bool = False,
 
 def model_input(batch: Batch, device: torch.device, log_mel: torch.nn.Module | None = None,
                 audio_augment=None, spectrogram_augment=None, generator: torch.Generator | None = None,
-                ) -> torch.Tensor:  # fmt: skip
-    """The batch as log-mels on ``device``: raw clips → (audio augmentation) → log-mel there, or
-    the cached log-mels; then (spectrogram augmentation)."""
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """The batch on ``device`` as (log-mels, clips): raw clips → (audio augmentation) → log-mel
+    there, or the cached log-mels (clips: None); then (spectrogram augmentation)."""
+    audio = None
     if batch.log_mel is not None:
         x = batch.log_mel.to(device, non_blocking=True).float()
     else:
@@ -116,4 +117,4 @@ def model_input(batch: Batch, device: torch.device, log_mel: torch.nn.Module | N
         x = log_mel(audio)
     if spectrogram_augment is not None:
         x = spectrogram_augment(x, generator)
-    return x
+    return x, audio

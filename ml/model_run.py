@@ -26,7 +26,7 @@ from ml.features import FeatureParams
 from ml.loader import SegmentDataset
 from ml.models import build_model
 from ml.tables import write_text
-from ml.training import TrainParams, train
+from ml.training import TrainParams, dataset_sources, train
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     run_dir = paths.data / "models" / kind / digest
     run_dir.mkdir(parents=True, exist_ok=True)
     device = device_from_params(params)
-    source = "audio" if settings.augment else "features"
-    train_set = SegmentDataset(train_rows, paths.data, classes, source=source)
-    val_set = SegmentDataset(val_rows, paths.data, classes, source="features")
+    train_source, eval_source = dataset_sources(settings.model, settings.augment)
+    train_set = SegmentDataset(train_rows, paths.data, classes, source=train_source)
+    val_set = SegmentDataset(val_rows, paths.data, classes, source=eval_source)
     augmenters = _augmenters(params, feature_params.sample_rate) if settings.augment else (None, None)
     run_id_file = run_dir / "mlflow_run_id"
     previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
@@ -122,12 +122,7 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
         mlflow.log_artifact(str(weights), "weights")
         mlflow.log_artifact(str(run_dir / "model.json"), "weights")
         mlflow.log_metric("best_epoch", result.best_epoch)
-        example = next(iter(torch.utils.data.DataLoader(val_set, batch_size=2, collate_fn=lambda b: b)))
-        x = example.log_mel.float().numpy()[:1]
-        with torch.inference_mode():
-            logits = result.model.cpu()(torch.from_numpy(x)).numpy()
-        logged = mlflow.pytorch.log_model(result.model.cpu(), name="model", input_example=x,
-                                          signature=mlflow.models.infer_signature(x, logits))  # fmt: skip
+        logged = _log_mlflow_model(result.model.cpu(), val_set, feature_params)
         registered = register_version(tracking_uri, run.info.run_id, logged.model_uri) if register else None
         if registered:
             mlflow.set_tag("registered_version", registered)
@@ -137,6 +132,32 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     best = next(h for h in result.history if h.epoch == result.best_epoch) if result.best_epoch else result.history[-1]
     return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
             "val_accuracy": best.val_accuracy, "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def _log_mlflow_model(model: torch.nn.Module, dataset: SegmentDataset, features: FeatureParams):
+    """The model in MLflow's pytorch flavour (MLflow 3 stores it as a traced ``pt2`` program, not a
+    pickle), with one clip as input example and the signature inferred from it."""
+    import mlflow
+
+    from ml.features import LogMel
+    from ml.models import logits, needs_audio
+
+    batch = dataset.__getitems__([0])
+    with torch.inference_mode():
+        log_mel = batch.log_mel.float() if batch.log_mel is not None else LogMel(features)(batch.audio)
+        scores = logits(model, log_mel, batch.audio if needs_audio(model) else None).numpy()
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(array, name=None) -> TensorSpec:
+        return TensorSpec(array.dtype, (-1, *array.shape[1:]), name)
+
+    inputs = [log_mel.numpy()] + ([batch.audio.numpy()] if needs_audio(model) else [])
+    names = ["log_mel", "audio"] if needs_audio(model) else [None]
+    signature = ModelSignature(Schema([spec(x, n) for x, n in zip(inputs, names, strict=False)]),
+                               Schema([spec(scores)]))  # fmt: skip
+    example = tuple(inputs) if needs_audio(model) else inputs[0]
+    return mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature)
 
 
 def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -166,8 +187,11 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
     test_rows = test_rows.filter(pc.is_in(test_rows.column("artist"), pa.array(info["classes"])))
     if test_rows.num_rows == 0:
         raise ValueError(f"the {kind} split has no test clips")
-    dataset = SegmentDataset(test_rows, paths.data, info["classes"], source="features")
-    predictions = predict(model, dataset, device)
+    _, source = dataset_sources(info["model"], augment=False)
+    dataset = SegmentDataset(test_rows, paths.data, info["classes"], source=source)
+    from ml.features import LogMel
+
+    predictions = predict(model, dataset, device, log_mel=LogMel(FeatureParams.from_params(params)).to(device))
     out_dir = paths.reports / "evaluation" / kind
     report = evaluate(predictions, out_dir, f"{info['model']}, {kind} split")
     m = report.metrics

@@ -27,7 +27,7 @@ from torch import nn
 
 from ml.features import FeatureParams, LogMel
 from ml.loader import SegmentDataset, make_loader, model_input
-from ml.models import build_model
+from ml.models import build_model, logits
 from ml.tables import atomic_path
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,12 @@ class TrainParams:
         return hashlib.sha256(json.dumps({**shaping, **extra}, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def dataset_sources(model_name: str, augment: bool) -> tuple[str, str]:
+    """(training source, evaluation source): raw clips where augmentation or the model needs them."""
+    raw = model_name in ("reconet",)
+    return ("audio" if augment or raw else "features"), ("audio" if raw else "features")
+
+
 @dataclass
 class EpochMetrics:
     epoch: int
@@ -110,15 +116,16 @@ class Checkpointer:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
 
-def _evaluate_loss(model: nn.Module, loader, device: torch.device, loss_fn: nn.Module) -> tuple[float, float]:
+def _evaluate_loss(model: nn.Module, loader, device: torch.device, loss_fn: nn.Module,
+                   log_mel: nn.Module | None) -> tuple[float, float]:  # fmt: skip
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     with torch.inference_mode():
         for batch in loader:
-            logits = model(model_input(batch, device)).float()
+            scores = logits(model, *model_input(batch, device, log_mel)).float()
             labels = batch.labels.to(device)
-            loss_sum += float(loss_fn(logits, labels)) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
+            loss_sum += float(loss_fn(scores, labels)) * len(labels)
+            correct += int((scores.argmax(1) == labels).sum())
             total += len(labels)
     return loss_sum / max(total, 1), correct / max(total, 1)
 
@@ -134,8 +141,9 @@ def train(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     logger: logging.Logger | Any = None,
 ) -> TrainResult:
-    """Train (or resume) until early stopping or ``settings.epochs``; ``train_set`` should use the
-    ``audio`` source when augmenting, ``val_set`` the ``features`` source."""
+    """Train (or resume) until early stopping or ``settings.epochs``. ``train_set`` uses the
+    ``audio`` source when augmenting or when the model takes raw clips; ``val_set`` the
+    ``features`` source unless the model takes raw clips (see :func:`dataset_source`)."""
     logger = logger or log
     classes = train_set.classes
     torch.manual_seed(settings.seed)
@@ -150,7 +158,7 @@ def train(
     val_loss_fn = nn.CrossEntropyLoss()
     amp = settings.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    log_mel = LogMel(features).to(device) if train_set.source == "audio" else None
+    log_mel = LogMel(features).to(device)
     audio_augment, spectrogram_augment = augmenters if settings.augment else (None, None)
 
     checkpointer = Checkpointer(checkpoint_dir)
@@ -180,19 +188,19 @@ def train(
         generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + epoch)
         total, correct, loss_sum = 0, 0, 0.0
         for batch in loader:
-            x = model_input(batch, device, log_mel, audio_augment, spectrogram_augment, generator)
+            x, audio = model_input(batch, device, log_mel, audio_augment, spectrogram_augment, generator)
             labels = batch.labels.to(device)
             with torch.autocast(device.type, enabled=amp):
-                logits = model(x)
-                loss = loss_fn(logits.float(), labels)
+                scores = logits(model, x, audio)
+                loss = loss_fn(scores.float(), labels)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
             loss_sum += float(loss.detach()) * len(labels)
-            correct += int((logits.detach().argmax(1) == labels).sum())
+            correct += int((scores.detach().argmax(1) == labels).sum())
             total += len(labels)
-        val_loss, val_accuracy = _evaluate_loss(model, val_loader, device, val_loss_fn)
+        val_loss, val_accuracy = _evaluate_loss(model, val_loader, device, val_loss_fn, log_mel)
         scheduler.step(val_loss)
         metrics = EpochMetrics(epoch, loss_sum / max(total, 1), correct / max(total, 1), val_loss, val_accuracy,
                                optimiser.param_groups[0]["lr"], time.perf_counter() - started)  # fmt: skip

@@ -48,8 +48,8 @@ def test_feature_batches_hold_the_cached_log_mels(packed):
     np.testing.assert_array_equal(batch.log_mel.numpy(), features[[7, 99]])
     # the on-device path computes the same log-mels from the raw clips
     raw = SegmentDataset(table, data, ["A", "B"]).__getitems__([7, 99])
-    on_device = model_input(raw, torch.device("cpu"), log_mel=LogMel(FeatureParams()))
-    assert torch.allclose(on_device, batch.log_mel.float(), atol=0.1)
+    on_device, clips = model_input(raw, torch.device("cpu"), log_mel=LogMel(FeatureParams()))
+    assert torch.allclose(on_device, batch.log_mel.float(), atol=0.1) and torch.equal(clips, raw.audio)
 
 
 def test_shuffling_is_seeded_and_every_row_comes_once_per_epoch(packed):

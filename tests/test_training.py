@@ -100,16 +100,23 @@ def _tiny_project(tmp_path):
     feature_table = pa.table({"segment_id": segments.column("segment_id"), "feature_file": ["features/f.npy"] * n,
                               "feature_row": pa.array(range(n), pa.int32())})  # fmt: skip
     params["train"] = {**params["train"], "epochs": 6, "batch_size": 16, "augment": False, "learning_rate": 0.003}
-    params["models"] = {"crnn": {"filters": [8, 16, 16, 16], "gru_units": 16}}
+    params["models"] = {
+        "crnn": {"filters": [8, 16, 16, 16], "gru_units": 16},
+        "reconet": {"stem": 8, "growth": 8, "dense_layers": [2, 2], "wave_channels": 16, "wave_stacks": 1,
+                    "wave_layers": 4},
+    }  # fmt: skip
     return params, segments, feature_table
 
 
-def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_version(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_name", ["crnn", "reconet"])
+def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_version(tmp_path, monkeypatch,
+                                                                                   model_name):  # fmt: skip
     from ml.model_run import evaluate_and_log, train_and_log
 
     monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RECONET_REPORTS_DIR", str(tmp_path / "reports"))
     params, segments, features = _tiny_project(tmp_path)
+    params["train"]["model"] = model_name
     paths = config.paths(params)
     splits, _ = split_segments(segments, SplitParams(kinds=("song",)))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -117,6 +124,7 @@ def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_vers
     client = MlflowClient(uri)
     run = client.get_run(out["run_id"])
     assert run.data.params["train.learning_rate"] == "0.003" and run.data.params["split_kind"] == "song"
+    assert run.data.tags["model"] == model_name
     assert run.data.tags["data_version"] == out["data_version"] and run.data.tags["git_commit"]
     losses = [m.value for m in client.get_metric_history(out["run_id"], "train_loss")]
     assert len(losses) >= 3 and losses[-1] < losses[0]  # the loss falls

@@ -1,4 +1,6 @@
-"""Vocalist classifiers, chosen by name in params.yaml (``model.name``)."""
+"""Vocalist classifiers, chosen by name in params.yaml (``train.model``), each with its options in
+``models.<name>``. Every model has ``embed(log_mel[, audio])`` (the penultimate layer) and
+``classifier``; a model with ``needs_audio`` takes the raw clip too."""
 
 from __future__ import annotations
 
@@ -14,10 +16,27 @@ def build_model(name: str, n_classes: int, n_mels: int, options: dict[str, Any] 
         from ml.models.crnn import CRNN
 
         return CRNN(n_classes=n_classes, n_mels=n_mels, **_tuples(options))
-    raise ValueError(f"unknown model {name!r}: choose crnn")
+    if name == "reconet":
+        from ml.models.reconet import ReconetDual
+
+        return ReconetDual(n_classes=n_classes, n_mels=n_mels, **_tuples(options))
+    raise ValueError(f"unknown model {name!r}: choose crnn or reconet")
+
+
+def needs_audio(model: nn.Module) -> bool:
+    """Whether the model also takes the raw clip (``model(log_mel, audio)``)."""
+    return bool(getattr(model, "needs_audio", False))
 
 
 def _tuples(options: dict[str, Any]) -> dict[str, Any]:
     """YAML lists to the tuples the constructors take."""
     return {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
             for k, v in options.items()}  # fmt: skip
+
+
+def logits(model: nn.Module, log_mel, audio=None):
+    return model(log_mel, audio) if needs_audio(model) else model(log_mel)
+
+
+def embed(model: nn.Module, log_mel, audio=None):
+    return model.embed(log_mel, audio) if needs_audio(model) else model.embed(log_mel)
