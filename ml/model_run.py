@@ -98,8 +98,7 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     logger.info(f"training {settings.model} on the {kind} split: {len(train_set)} clips, "
                 f"{len(classes)} artists, {val_rows.num_rows} validation clips, on {device}")  # fmt: skip
     started = time.perf_counter()
-    with mlflow_run(tracking_uri, experiment, paths.root / "mlartifacts", f"{settings.model}-{kind}",
-                    run_id=previous_run) as run:  # fmt: skip
+    with mlflow_run(tracking_uri, experiment, f"{settings.model}-{kind}", run_id=previous_run) as run:
         write_text(run.info.run_id, run_id_file)
         if previous_run is None:
             mlflow.log_params(flatten({s: params.get(s, {}) for s in LOGGED_SECTIONS}))

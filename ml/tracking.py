@@ -54,16 +54,22 @@ def git_commit(root: Path) -> str:
     return f"{commit}-dirty" if dirty and commit != "unknown" else commit
 
 
+def artifact_root(uri: str) -> Path | None:
+    """Beside a SQLite store: ``<its folder>/mlartifacts``; a server keeps its own artifacts."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]).resolve().parent / "mlartifacts" if uri.startswith(prefix) else None
+
+
 @contextmanager
-def mlflow_run(uri: str, experiment: str, artifact_root: Path, run_name: str,
-               run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:  # fmt: skip
-    """Start (or resume, given ``run_id``) a run in ``experiment``, created with its artifacts
-    under ``artifact_root`` when new."""
+def mlflow_run(uri: str, experiment: str, run_name: str, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume, given ``run_id``) a run in ``experiment`` (created when missing, with its
+    artifacts beside a SQLite store)."""
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
+        root = artifact_root(uri)
+        location = root.as_uri() if root else None
         experiment_id = client.create_experiment(experiment, artifact_location=location)
     else:
         experiment_id = found.experiment_id

@@ -140,8 +140,10 @@ def _print_summary(paths: config.Paths, seconds: float) -> None:
                            ("segment", "song_mean_probability") for name in ("accuracy", "macro_f1")))  # fmt: skip
         Console().print(scores)
     console.print(f"tables:  {paths.tables}\nstems:   {paths.vocals}\nreports: {paths.eda_reports.parent}")
-    console.print(f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{paths.root / 'mlflow.db'} "
-                  "-h 127.0.0.1  (then http://127.0.0.1:5000)")
+    console.print(
+        f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{paths.root / 'mlflow.db'} "
+        "-h 127.0.0.1  (then http://127.0.0.1:5000)"
+    )
     console.print(f"UI:      DAGSTER_HOME={paths.dagster_home} .venv/bin/dagster dev -w workspace.yaml  (or: make ui)")
 
 

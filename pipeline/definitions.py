@@ -23,8 +23,16 @@ from pipeline.resources import MlflowTracking, ParquetTableIOManager, ReconetSet
 
 defs = dg.Definitions(
     assets=[tracks, clean_tracks, rejected, metadata_eda, vocals, segments, features, splits, model, evaluation],
-    jobs=[register_releases_job, release_job, catalogue_job, vocals_job, segments_job, report_job, splits_job,
-          training_job],
+    jobs=[
+        register_releases_job,
+        release_job,
+        catalogue_job,
+        vocals_job,
+        segments_job,
+        report_job,
+        splits_job,
+        training_job,
+    ],
     resources={
         "settings": ReconetSettings(),
         "table_io_manager": ParquetTableIOManager(),

@@ -5,7 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from ml.config import project_root
 from ml.demo_library import generate_demo_library
 
 CODECS = {
@@ -54,6 +56,12 @@ def project_dirs(tmp_path, monkeypatch, shared_stems) -> dict[str, Path]:
     dirs["stems"] = shared_stems
     monkeypatch.setenv("RECONET_STEMS_DIR", str(shared_stems))
     monkeypatch.setenv("RECONET_DATA_DIR", str(dirs["data"]))
+    # the project's parameters, with a short training run (the pipeline's plumbing, not its accuracy)
+    params = yaml.safe_load((project_root() / "params.yaml").read_text(encoding="utf-8"))
+    params["train"].update(epochs=2, split_kinds=["song"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    monkeypatch.setenv("RECONET_PARAMS", str(tmp_path / "params.yaml"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("RECONET_REPORTS_DIR", str(dirs["reports"]))
     monkeypatch.setenv("DAGSTER_HOME", str(dirs["dagster_home"]))
     monkeypatch.delenv("RECONET_LIBRARY", raising=False)

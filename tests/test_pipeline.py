@@ -1,5 +1,7 @@
 """Materialising the catalogue assets on the small demo library, through the real Dagster."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,7 @@ import dagster as dg
 import numpy as np
 import pytest
 import soundfile as sf
+from mlflow.tracking import MlflowClient
 
 from ml.config import project_root
 from ml.segmentation import PackedRows
@@ -49,7 +52,7 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
     proc = _run_cli("run", "--library", str(library))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tracks with vocals" in proc.stdout and "rejected: vocals / instrumental" in proc.stdout
-    assert "segments (clips)" in proc.stdout
+    assert "segments (clips)" in proc.stdout and "test set: accuracy / macro-F1" in proc.stdout
 
     data = project_dirs["data"]
     kept = read_table(data / "tables" / "clean_tracks.parquet")
@@ -91,6 +94,15 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
     log_mels = PackedRows.from_table(features, data, column="feature_file", row="feature_row")
     assert log_mels.shape == (len(ids), 128, 313) and log_mels.dtype == np.float16
     assert np.isfinite(log_mels[:].astype(np.float32)).all()
+
+    # training and evaluation: a registered model, its run in MLflow, the reports
+    summary = json.loads((project_dirs["reports"] / "metrics.json").read_text())
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(summary["song"]["mlflow_run_id"])
+    assert run.data.tags["split_kind"] == "song" and "val_loss" in run.data.metrics
+    assert "test_segment_accuracy" in run.data.metrics
+    assert client.get_registered_model("reconet-vocalist").latest_versions
+    assert (project_dirs["reports"] / "evaluation" / "song" / "confusion.png").exists()
     hostile = next(r for r in kept.to_pylist() if r["title"] == "../../etc/passwd")
     assert hostile["album"] == "..\\..\\Windows\\System32"
     assert _snapshot(library) == before  # the library is read, never written
