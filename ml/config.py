@@ -40,6 +40,16 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     return params
 
 
+def section(params: dict[str, Any], name: str, settings_class: type) -> dict[str, Any]:
+    """A copy of params.yaml's section ``name``, refusing keys ``settings_class`` (a dataclass)
+    does not have: a typo in params.yaml must not pass silently."""
+    values = dict(params.get(name) or {})
+    unknown = set(values) - set(settings_class.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown key(s) in params.yaml {name}: {sorted(unknown)}")
+    return values
+
+
 @dataclass(frozen=True)
 class Paths:
     """The folders of one reconet project. Build with :func:`paths`."""

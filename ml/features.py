@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torchaudio
 
+from ml import config
 from ml.tables import atomic_path, write_text
 
 
@@ -44,10 +45,7 @@ class FeatureParams:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> FeatureParams:
-        section = params.get("features", {})
-        unknown = set(section) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown key(s) in params.yaml features: {sorted(unknown)}")
+        section = config.section(params, "features", cls)
         return cls(**section)
 
     def digest(self) -> str:

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ml import config
+
 SEGMENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "reconet/segment")
 
 SEGMENTS_SCHEMA = pa.schema(
@@ -68,10 +70,7 @@ class SegmentParams:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> SegmentParams:
-        section = params.get("segments", {})
-        unknown = set(section) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown key(s) in params.yaml segments: {sorted(unknown)}")
+        section = config.section(params, "segments", cls)
         settings = cls(**section)
         if settings.clip_s <= 0 or not settings.hop_s > 0:
             raise ValueError("segments.clip_s and segments.hop_s must be positive")

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ml import config
+
 KINDS = ("song", "album", "segment", "kfold")
 
 SPLITS_SCHEMA = pa.schema(
@@ -49,10 +51,7 @@ class SplitParams:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> SplitParams:
-        section = dict(params.get("splits", {}))
-        unknown = set(section) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown key(s) in params.yaml splits: {sorted(unknown)}")
+        section = config.section(params, "splits", cls)
         if "kinds" in section:
             section["kinds"] = tuple(section["kinds"])
             bad = set(section["kinds"]) - set(KINDS)

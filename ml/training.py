@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ml import config
 from ml.features import FeatureParams, LogMel
 from ml.loader import SegmentDataset, make_loader, model_input
 from ml.models import build_model, logits
@@ -53,10 +54,7 @@ class TrainParams:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainParams:
-        section = dict(params.get("train", {}))
-        unknown = set(section) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown key(s) in params.yaml train: {sorted(unknown)}")
+        section = config.section(params, "train", cls)
         if section.get("balance", "sampler") not in ("sampler", "loss", "none"):
             raise ValueError("train.balance must be sampler, loss or none")
         if "split_kinds" in section:
