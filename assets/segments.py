@@ -8,7 +8,7 @@ from ml.device import device_from_params
 from ml.features import FeatureCache, FeatureParams, cache_release_features
 from ml.rejected import record_rejected
 from ml.segmentation import PackedRows, SegmentParams, segment_release
-from ml.tables import scope_filename
+from ml.tables import read_table, scope_filename
 from pipeline.partitions import releases
 from pipeline.resources import ReconetSettings
 
@@ -23,7 +23,12 @@ def segments(context: dg.AssetExecutionContext, settings: ReconetSettings, vocal
     segment_params = SegmentParams.from_params(params)
     release = context.partition_key
     name = scope_filename(release, suffix="")
-    result = segment_release(vocals, paths.vocals, paths.data, name, segment_params, logger=context.log)
+    current = paths.tables / "segments" / scope_filename(release)  # the table this run replaces
+    in_use = set()
+    if current.exists():
+        old = read_table(current)
+        in_use = set(old.column("audio_file").to_pylist()) | set(old.column("accompaniment_file").to_pylist())
+    result = segment_release(vocals, paths.vocals, paths.data, name, segment_params, context.log, in_use)
     record_rejected(paths.rejected, "segments", release, result.rejected)
     for row in result.rejected.to_pylist():
         context.log.warning(f"rejected {row['path']}: {row['reason']}: {row['detail']}")

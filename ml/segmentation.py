@@ -211,17 +211,28 @@ def segment_release(
     out_stem: str,
     settings: SegmentParams,
     logger: Any = None,
+    in_use: Iterable[str] = (),
 ) -> ReleaseSegments:
     """Cut every track of one release (rows of the `vocals` table) into clips, packed into
-    ``<data_dir>/segments/<out_stem>.{vocals,accompaniment}.<shard>.npy``; a track without a
-    single clip becomes a `rejected` row (stage `segments`)."""
+    ``<data_dir>/segments/<out_stem>.<inputs>.{vocals,accompaniment}.<shard>.npy``; a track without
+    a single clip becomes a `rejected` row (stage `segments`).
+
+    ``<inputs>`` is a hash of the stems and parameters, so new clips never overwrite the files the
+    release's current table points to (``in_use``, relative to ``data_dir``): a run killed before
+    its table is written leaves the old table and its files intact. Other files of the release
+    (older generations, leftovers of killed runs) are removed."""
     from ml.audio import load_audio
     from ml.tables import REJECTED_SCHEMA, atomic_path, table_from_rows
 
     folder = data_dir / "segments"
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob(f"{out_stem}.*.npy"):  # the release's previous shards
-        old.unlink()
+    inputs = hashlib.sha256(json.dumps([settings.digest(), sorted(vocals.column("vocals_path").to_pylist()),
+                                        sorted(vocals.column("accompaniment_path").to_pylist())]).encode())  # fmt: skip
+    out_stem = f"{out_stem}.{inputs.hexdigest()[:10]}"
+    keep = {data_dir / f for f in in_use}
+    for old in folder.glob(f"{out_stem.rsplit('.', 1)[0]}.*.npy"):
+        if old not in keep and not old.name.startswith(out_stem + "."):
+            old.unlink()
     size = settings.clip_samples
     shard_rows = max(1, settings.shard_mb * 2**20 // (2 * size))
     digest = settings.digest()

@@ -151,3 +151,26 @@ def test_a_release_is_packed_into_shards_that_hold_exactly_the_clips(tmp_path):
         assert not clip[length + 10 :].any()  # padding is silence
         assert row["padding_s"] == pytest.approx(10.0 - (row["end_s"] - row["start_s"]), abs=1e-3)
     assert np.allclose(accompaniment[0, :SR], 0.1, atol=0.01)
+
+
+def test_new_clips_never_overwrite_the_files_the_current_table_points_to(tmp_path):
+    stems, data = tmp_path / "stems", tmp_path / "data"
+    (stems / "t").mkdir(parents=True)
+    vocals = _bursts(30.0, 44100, [(1.0, 29.0)], channels=2)
+    sf.write(stems / "t" / "vocals.flac", vocals, 44100, subtype="PCM_16")
+    sf.write(stems / "t" / "accompaniment.flac", vocals, 44100, subtype="PCM_16")
+    table = pa.Table.from_pylist([{"track_id": "t", "release": "R", "path": "R/t.mp3", "vocals_path": "t/vocals.flac",
+                                   "accompaniment_path": "t/accompaniment.flac"}])  # fmt: skip
+    files = lambda segments: set(segments.column("audio_file").to_pylist())  # noqa: E731
+    first = segment_release(table, stems, data, "R", SegmentParams(min_silence_ms=1000)).segments
+    # other parameters: new files beside the ones the current (first) table points to
+    in_use = files(first) | set(first.column("accompaniment_file").to_pylist())
+    second = segment_release(table, stems, data, "R", SegmentParams(clip_s=5.0, hop_s=5.0, min_silence_ms=1000),
+                             in_use=in_use).segments  # fmt: skip
+    assert files(first).isdisjoint(files(second))
+    assert all((data / f).exists() for f in files(first) | files(second))
+    assert PackedRows.from_table(first, data).shape == (first.num_rows, 160000)  # the old table still reads
+    # once the second table is current, the first generation is garbage and goes
+    third = segment_release(table, stems, data, "R", SegmentParams(clip_s=5.0, hop_s=5.0, min_silence_ms=1000),
+                            in_use=files(second)).segments  # fmt: skip
+    assert files(third) == files(second) and not any((data / f).exists() for f in files(first))
