@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 
 from ml.device import device_from_params
-from ml.features import FeatureCache, FeatureParams, cache_release_features
+from ml.features import FeatureCache, FeatureParams, cache_release_features, entry_name
 from ml.rejected import record_rejected
 from ml.segmentation import PackedRows, SegmentParams, segment_release
 from ml.tables import read_table, scope_filename
@@ -61,13 +61,20 @@ def features(context: dg.AssetExecutionContext, settings: ReconetSettings, segme
         raise dg.Failure(f"features.sample_rate ({feature_params.sample_rate}) must equal segments.sample_rate "
                          f"({segment_rate}): the clips are stored at the latter")  # fmt: skip
     cache = FeatureCache(paths.data / "features", feature_params)
-    name = scope_filename(context.partition_key, suffix="")
     ids = segments.column("segment_id").to_pylist()
+    name = entry_name(scope_filename(context.partition_key, suffix=""), ids)
+    current = paths.tables / "features" / scope_filename(context.partition_key)  # the table this run replaces
+    in_use = (
+        {paths.data / f for f in set(read_table(current).column("feature_file").to_pylist())}
+        if current.exists()
+        else set()
+    )
     device = device_from_params(params)
     clips = PackedRows.from_table(segments, paths.data)
     computed = cache_release_features(
         cache, name, ids, clips, device,
         on_batch=lambda done, total: context.log.info(f"log-mels: {done}/{total} clips on {device}"),
+        in_use=in_use,
     )  # fmt: skip
     array, _ = cache.paths(name)
     context.log.info(f"{len(ids)} log-mels {'computed' if computed else 'already cached'} in {array}")

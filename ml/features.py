@@ -117,12 +117,25 @@ def compute_log_mels(
     return out
 
 
+def entry_name(release_name: str, segment_ids: Sequence[str]) -> str:
+    """A release's cache entry: named after its segments, so new segments never overwrite the
+    array that the release's current `features` table points to."""
+    return f"{release_name}.{hashlib.sha256(json.dumps(list(segment_ids)).encode()).hexdigest()[:10]}"
+
+
 def cache_release_features(
     cache: FeatureCache, name: str, segment_ids: Sequence[str], clips: np.ndarray, device: torch.device,
-    on_batch: Any = None,
+    on_batch: Any = None, in_use: Sequence[Path] = (),
 ) -> bool:  # fmt: skip
-    """Compute and store a release's log-mels unless the cache already holds exactly these
-    segments under these parameters; returns whether anything was computed."""
+    """Compute and store a release's log-mels (entry ``name``, see :func:`entry_name`) unless the
+    cache already holds exactly these segments under these parameters; returns whether anything
+    was computed. Other entries of the release not ``in_use`` (older generations) are removed."""
+    release = name.rsplit(".", 1)[0]
+    entry_of = lambda path: path.name.removesuffix(".ids.json").removesuffix(".npy")  # noqa: E731
+    keep = {entry_of(Path(p)) for p in in_use} | {name}
+    for old in cache.directory.glob(f"{release}.*"):
+        if entry_of(old) not in keep:
+            old.unlink()
     if cache.is_current(name, segment_ids):
         return False
     if len(segment_ids) != len(clips):

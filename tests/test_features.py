@@ -61,6 +61,20 @@ def test_cache_recomputes_only_when_segments_or_feature_params_change(tmp_path):
     assert FeatureParams(batch_size=8).digest() == FeatureParams().digest()
 
 
+def test_new_segments_get_a_new_entry_and_old_ones_go_once_out_of_use(tmp_path):
+    from ml.features import entry_name
+
+    clips = _clips(3)
+    cache = FeatureCache(tmp_path, FeatureParams())
+    first, second = entry_name("rel", ["a", "b", "c"]), entry_name("rel", ["a", "b"])
+    assert first != second
+    cache_release_features(cache, first, ["a", "b", "c"], clips, CPU)
+    cache_release_features(cache, second, ["a", "b"], clips[:2], CPU, in_use=[cache.paths(first)[0]])
+    assert cache.paths(first)[0].exists() and cache.paths(second)[0].exists()  # the current table's entry stays
+    cache_release_features(cache, second, ["a", "b"], clips[:2], CPU, in_use=[cache.paths(second)[0]])
+    assert not any(p.exists() for p in cache.paths(first)) and cache.load(second).shape[0] == 2
+
+
 def test_unknown_feature_parameter_is_refused():
     with pytest.raises(ValueError, match="n_mel"):
         FeatureParams.from_params({"features": {"n_mel": 64}})
