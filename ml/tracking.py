@@ -5,9 +5,9 @@ runs and the model registry live in ``sqlite:///<root>/mlflow.db`` with artifact
 ``<root>/mlartifacts/`` (MLflow 3 refuses the plain ``./mlruns`` file store). Browse them with
 ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` (see README).
 
-The model is logged with ``mlflow.pytorch`` (a pickled module, MLflow's own format, with its
-signature and an input example) for MLflow serving; reconet itself loads models only from
-safetensors weights, which every run also logs.
+The model is logged with ``mlflow.pytorch`` (MLflow 3 stores a traced ``pt2`` program, with its
+signature and an input example) for MLflow serving; reconet itself loads models only from the
+safetensors weights that every run also logs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 REGISTERED_MODEL = "reconet-vocalist"
-CHAMPION = "champion"
 
 
 def tracking_uri(root: Path, configured: str = "") -> str:
@@ -83,23 +82,3 @@ def register(uri: str, run_id: str, model_uri: str, name: str = REGISTERED_MODEL
     mlflow.set_tracking_uri(uri)
     version = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
     return str(version.version)
-
-
-def champion_f1(uri: str, name: str = REGISTERED_MODEL) -> tuple[str | None, float | None]:
-    """(version, test macro-F1) of the current champion, if any."""
-    client = MlflowClient(uri)
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        return None, None
-    f1 = client.get_run(version.run_id).data.metrics.get("test_song_mean_probability_macro_f1")
-    return version.version, f1
-
-
-def promote_if_not_worse(uri: str, version: str, f1: float, name: str = REGISTERED_MODEL) -> bool:
-    """Give ``version`` the champion alias unless the current champion's test macro-F1 is higher."""
-    current, current_f1 = champion_f1(uri, name)
-    if current is not None and current_f1 is not None and f1 < current_f1:
-        return False
-    MlflowClient(uri).set_registered_model_alias(name, CHAMPION, version)
-    return True
