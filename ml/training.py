@@ -1,7 +1,8 @@
 """Training a vocalist classifier on the segments: resumable, seeded, class-balanced.
 
 Adam with weight decay 1e-6, ReduceLROnPlateau on the validation loss, early stopping on it (the
-best epoch's weights are kept), class-balanced sampling or loss weights, mixed precision on CUDA.
+best epoch's weights are kept; neither acts during the first ``warmup_epochs``, while the batch-norm
+statistics that evaluation uses are still settling), class-balanced sampling or loss weights, mixed precision on CUDA.
 Batches come from ``ml/loader.py``: raw clips augmented on the device and turned into log-mels
 there (``train.augment: true``), or the cached log-mels.
 
@@ -46,6 +47,7 @@ class TrainParams:
     lr_patience: int = 3  # epochs without a better validation loss before the rate drops
     lr_factor: float = 0.5
     early_stopping_patience: int = 8
+    warmup_epochs: int = 10  # no learning-rate drop and no early stop before this (batch-norm statistics settle)
     balance: str = "sampler"  # sampler | loss | none
     augment: bool = True  # raw clips + on-device augmentation; false: cached log-mels
     mixed_precision: bool = True  # CUDA only
@@ -199,7 +201,9 @@ def train(
             correct += int((scores.detach().argmax(1) == labels).sum())
             total += len(labels)
         val_loss, val_accuracy = _evaluate_loss(model, val_loader, device, val_loss_fn, log_mel)
-        scheduler.step(val_loss)
+        warming_up = epoch <= settings.warmup_epochs
+        if not warming_up:
+            scheduler.step(val_loss)
         metrics = EpochMetrics(epoch, loss_sum / max(total, 1), correct / max(total, 1), val_loss, val_accuracy,
                                optimiser.param_groups[0]["lr"], time.perf_counter() - started)  # fmt: skip
         history.append(metrics)
@@ -207,7 +211,7 @@ def train(
             best = {"loss": val_loss, "epoch": epoch, "weights": {k: v.detach().cpu().clone()
                                                                   for k, v in model.state_dict().items()}}  # fmt: skip
             stale = 0
-        else:
+        elif not warming_up:
             stale += 1
         stopped_early = stale >= settings.early_stopping_patience
         checkpointer.save({
