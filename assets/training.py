@@ -65,6 +65,7 @@ def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: Reco
     outcome = train_and_log(
         params, paths, kind, rows, segments, features, mlflow_tracking.uri(paths.root), mlflow_tracking.experiment,
         register=kind == TrainParams.from_params(params).split_kind, logger=context.log,
+        registered_model=mlflow_tracking.registered_model,
     )  # fmt: skip
     return dg.MaterializeResult(metadata={
         "mlflow_run_id": outcome["run_id"], "registered_version": outcome.get("version") or "",
@@ -89,7 +90,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: ReconetSettings, mlf
     params, paths = settings.params(), settings.paths()
     kind = context.partition_key
     report = evaluate_and_log(params, paths, kind, splits, segments, features, mlflow_tracking.uri(paths.root),
-                              mlflow_tracking.registered_model, logger=context.log)  # fmt: skip
+                              logger=context.log)  # fmt: skip
     m = report.metrics
     metadata: dict = {
         "segment_accuracy": m["segment"]["accuracy"], "segment_macro_f1": m["segment"]["macro_f1"],

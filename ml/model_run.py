@@ -64,9 +64,12 @@ def _augmenters(params: dict[str, Any], sample_rate: int):
 
 def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_rows: pa.Table, segments: pa.Table,
                   features: pa.Table, tracking_uri: str, experiment: str, register: bool,
-                  logger: logging.Logger | Any = None) -> dict[str, Any]:  # fmt: skip
+                  logger: logging.Logger | Any = None, registered_model: str = "reconet-vocalist",
+                  ) -> dict[str, Any]:  # fmt: skip
     """Train the configured model on split ``kind`` (or resume it), log it to MLflow, register it
-    when ``register``; returns what the asset reports."""
+    as a new version of ``registered_model`` when ``register``; returns what the asset reports.
+    A run that already finished with the same configuration and data is not trained, logged or
+    registered again: its recorded outcome is returned."""
     import mlflow
     from safetensors.torch import save_file
 
@@ -112,21 +115,30 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
             mlflow.log_metrics({n: getattr(m, n) for n in names}, step=m.epoch)
 
         result = train(train_set, val_set, settings, feature_params, device, run_dir, augmenters, on_epoch, logger)
+        done = run_dir / "model.json"
+        if result.resumed_from_epoch == len(result.history) and done.exists():  # finished before: nothing new
+            info = json.loads(done.read_text(encoding="utf-8"))
+            logger.info(f"the {kind} model was already trained with this configuration and data ({run_dir})")
+            write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
+            best = next((h for h in result.history if h.epoch == result.best_epoch), result.history[-1])
+            return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
+                    "val_accuracy": best.val_accuracy, "seconds": time.perf_counter() - started}  # fmt: skip
         weights = run_dir / "model.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(weights))
         info = {"model": settings.model, "model_options": settings.model_options, "classes": classes,
                 "n_mels": feature_params.n_mels, "kind": kind, "run_id": run.info.run_id, "data_version": version,
                 "best_epoch": result.best_epoch, "dir": str(run_dir)}  # fmt: skip
-        write_text(json.dumps(info, indent=1), run_dir / "model.json")
         mlflow.log_artifact(str(weights), "weights")
-        mlflow.log_artifact(str(run_dir / "model.json"), "weights")
         mlflow.log_metric("best_epoch", result.best_epoch)
         logged = _log_mlflow_model(result.model.cpu(), val_set, feature_params)
-        registered = register_version(tracking_uri, run.info.run_id, logged.model_uri) if register else None
-        if registered:
+        registered = None
+        if register:
+            registered = register_version(tracking_uri, run.info.run_id, logged.model_uri, registered_model)
             mlflow.set_tag("registered_version", registered)
-            logger.info(f"registered reconet-vocalist version {registered}")
-    info["version"] = registered
+            logger.info(f"registered {registered_model} version {registered}")
+        info["version"] = registered
+        write_text(json.dumps(info, indent=1), done)  # last: marks the run as finished and recorded
+        mlflow.log_artifact(str(done), "weights")
     write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
     best = next(h for h in result.history if h.epoch == result.best_epoch) if result.best_epoch else result.history[-1]
     return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
@@ -173,8 +185,7 @@ def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module, dict[
 
 
 def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, splits: pa.Table, segments: pa.Table,
-                     features: pa.Table, tracking_uri: str, registered_model: str,
-                     logger: logging.Logger | Any = None) -> Report:  # fmt: skip
+                     features: pa.Table, tracking_uri: str, logger: logging.Logger | Any = None) -> Report:  # fmt: skip
     import mlflow
 
     logger = logger or log

@@ -131,7 +131,11 @@ def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_vers
     assert out["version"] == "1"
     assert client.get_model_version("reconet-vocalist", "1").run_id == out["run_id"]
 
-    report = evaluate_and_log(params, paths, "song", splits, segments, features, uri, "reconet-vocalist")
+    again = train_and_log(params, paths, "song", splits, segments, features, uri, "reconet-test", register=True)
+    assert again["run_id"] == out["run_id"] and again["version"] == "1"  # finished: not trained or registered again
+    assert len(client.search_model_versions("name='reconet-vocalist'")) == 1
+
+    report = evaluate_and_log(params, paths, "song", splits, segments, features, uri)
     assert report.metrics["segment"]["count"] > 0 and 0 <= report.metrics["song_majority"]["accuracy"] <= 1
     assert len(report.metrics["top_k_song"]) == 3 and report.metrics["top_k_song"][-1] == 1.0
     run = client.get_run(out["run_id"])
