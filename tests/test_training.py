@@ -191,3 +191,20 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, monk
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["resumed_from_epoch"] >= 1 and result["epochs_run"] == max(6, result["resumed_from_epoch"])
+
+
+def test_training_on_augmented_raw_clips(tmp_path, monkeypatch):
+    """train.augment: raw clips (with their accompaniment, for remix) through the augmentation chain
+    and log-mels on the device; validation on clean clips."""
+    from ml.model_run import train_and_log
+
+    monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
+    params, segments, features = _tiny_project(tmp_path)
+    params["train"].update(augment=True, epochs=2)
+    params["augment"] = {name: {"p": 1.0} for name in ("remix", "time_shift", "gaussian_noise", "cutout")}
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",)))
+    out = train_and_log(params, config.paths(params), "song", splits, segments, features,
+                        f"sqlite:///{tmp_path / 'mlflow.db'}", "t", register=False)  # fmt: skip
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out["run_id"])
+    assert out["epochs_run"] == 2 and run.data.params["train.augment"] == "True"
+    assert run.data.params["augment.remix.p"] == "1.0"
