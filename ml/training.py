@@ -29,7 +29,7 @@ from torch import nn
 from ml import config
 from ml.features import FeatureParams, LogMel
 from ml.loader import SegmentDataset, make_loader, model_input
-from ml.models import build_model, logits
+from ml.models import build_model, logits, needs_audio
 from ml.tables import atomic_path
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class TrainParams:
 
 def dataset_sources(model_name: str, augment: bool) -> tuple[str, str]:
     """(training source, evaluation source): raw clips where augmentation or the model needs them."""
-    raw = model_name in ("reconet",)
+    raw = needs_audio(model_name)
     return ("audio" if augment or raw else "features"), ("audio" if raw else "features")
 
 

@@ -9,23 +9,26 @@ from typing import Any
 from torch import nn
 
 
-def build_model(name: str, n_classes: int, n_mels: int, options: dict[str, Any] | None = None) -> nn.Module:
-    """The model ``name`` with ``options`` (its section of params.yaml) for ``n_classes`` artists."""
-    options = dict(options or {})
+def model_class(name: str) -> type[nn.Module]:
     if name == "crnn":
         from ml.models.crnn import CRNN
 
-        return CRNN(n_classes=n_classes, n_mels=n_mels, **_tuples(options))
+        return CRNN
     if name == "reconet":
         from ml.models.reconet import ReconetDual
 
-        return ReconetDual(n_classes=n_classes, n_mels=n_mels, **_tuples(options))
+        return ReconetDual
     raise ValueError(f"unknown model {name!r}: choose crnn or reconet")
 
 
-def needs_audio(model: nn.Module) -> bool:
-    """Whether the model also takes the raw clip (``model(log_mel, audio)``)."""
-    return bool(getattr(model, "needs_audio", False))
+def build_model(name: str, n_classes: int, n_mels: int, options: dict[str, Any] | None = None) -> nn.Module:
+    """The model ``name`` with ``options`` (its section of params.yaml) for ``n_classes`` artists."""
+    return model_class(name)(n_classes=n_classes, n_mels=n_mels, **_tuples(dict(options or {})))
+
+
+def needs_audio(model: nn.Module | str) -> bool:
+    """Whether the model (or the model of that name) also takes the raw clip (``model(log_mel, audio)``)."""
+    return bool(getattr(model_class(model) if isinstance(model, str) else model, "needs_audio", False))
 
 
 def _tuples(options: dict[str, Any]) -> dict[str, Any]:
