@@ -71,10 +71,8 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     A run that already finished with the same configuration and data is not trained, logged or
     registered again: its recorded outcome is returned."""
     import mlflow
-    from safetensors.torch import save_file
 
     from ml.tracking import flatten, git_commit, mlflow_run
-    from ml.tracking import register as register_version
 
     logger = logger or log
     settings = TrainParams.from_params(params)
@@ -119,30 +117,41 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
         if result.resumed_from_epoch == len(result.history) and done.exists():  # finished before: nothing new
             info = json.loads(done.read_text(encoding="utf-8"))
             logger.info(f"the {kind} model was already trained with this configuration and data ({run_dir})")
-            write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
-            best = next((h for h in result.history if h.epoch == result.best_epoch), result.history[-1])
-            return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
-                    "val_accuracy": best.val_accuracy, "seconds": time.perf_counter() - started}  # fmt: skip
-        weights = run_dir / "model.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(weights))
-        info = {"model": settings.model, "model_options": settings.model_options, "classes": classes,
-                "n_mels": feature_params.n_mels, "kind": kind, "run_id": run.info.run_id, "data_version": version,
-                "best_epoch": result.best_epoch, "dir": str(run_dir)}  # fmt: skip
-        mlflow.log_artifact(str(weights), "weights")
-        mlflow.log_metric("best_epoch", result.best_epoch)
-        logged = _log_mlflow_model(result.model.cpu(), val_set, feature_params)
-        registered = None
-        if register:
-            registered = register_version(tracking_uri, run.info.run_id, logged.model_uri, registered_model)
-            mlflow.set_tag("registered_version", registered)
-            logger.info(f"registered {registered_model} version {registered}")
-        info["version"] = registered
-        write_text(json.dumps(info, indent=1), done)  # last: marks the run as finished and recorded
-        mlflow.log_artifact(str(done), "weights")
+        else:
+            info = _record(result, run_dir, run.info.run_id, settings, feature_params, classes, kind, version,
+                           val_set, tracking_uri, registered_model if register else None, logger)  # fmt: skip
     write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
-    best = next(h for h in result.history if h.epoch == result.best_epoch) if result.best_epoch else result.history[-1]
+    best = next((h for h in result.history if h.epoch == result.best_epoch), result.history[-1])
     return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
             "val_accuracy": best.val_accuracy, "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def _record(result, run_dir: Path, run_id: str, settings: TrainParams, features: FeatureParams, classes: list[str],
+            kind: str, version: str, val_set: SegmentDataset, tracking_uri: str, registered_model: str | None,
+            logger) -> dict[str, Any]:  # fmt: skip
+    """Save a finished run's weights and log them, with the model, to its (active) MLflow run;
+    register it when ``registered_model`` is given. ``model.json`` is written last: it marks the
+    run as finished and recorded."""
+    import mlflow
+    from safetensors.torch import save_file
+
+    from ml.tracking import register
+
+    weights = run_dir / "model.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(weights))
+    info = {"model": settings.model, "model_options": settings.model_options, "classes": classes,
+            "n_mels": features.n_mels, "kind": kind, "run_id": run_id, "data_version": version,
+            "best_epoch": result.best_epoch, "dir": str(run_dir), "version": None}  # fmt: skip
+    mlflow.log_artifact(str(weights), "weights")
+    mlflow.log_metric("best_epoch", result.best_epoch)
+    logged = _log_mlflow_model(result.model.cpu(), val_set, features)
+    if registered_model:
+        info["version"] = register(tracking_uri, run_id, logged.model_uri, registered_model)
+        mlflow.set_tag("registered_version", info["version"])
+        logger.info(f"registered {registered_model} version {info['version']}")
+    write_text(json.dumps(info, indent=1), run_dir / "model.json")
+    mlflow.log_artifact(str(run_dir / "model.json"), "weights")
+    return info
 
 
 def _log_mlflow_model(model: torch.nn.Module, dataset: SegmentDataset, features: FeatureParams):
