@@ -5,7 +5,6 @@ from collections import Counter
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
 from ml.splits import KINDS, SplitParams, split_segments
@@ -59,11 +58,8 @@ def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: Reco
     if overrides:
         params = {**params, "train": {**params.get("train", {}), **overrides}}
     kind = context.partition_key
-    rows = splits.filter(pc.and_(pc.equal(splits.column("kind"), kind), pc.equal(splits.column("fold"), 0)))
-    if rows.num_rows == 0:
-        raise dg.Failure(f"the {kind} split is empty: see the `splits` asset's metadata for excluded artists")
     outcome = train_and_log(
-        params, paths, kind, rows, segments, features, mlflow_tracking.uri(paths.root), mlflow_tracking.experiment,
+        params, paths, kind, splits, segments, features, mlflow_tracking.uri(paths.root), mlflow_tracking.experiment,
         register=kind == TrainParams.from_params(params).split_kind, logger=context.log,
         registered_model=mlflow_tracking.registered_model,
     )  # fmt: skip

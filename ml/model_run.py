@@ -84,7 +84,8 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     val_rows = val_rows.filter(pc.is_in(val_rows.column("artist"), pa.array(classes)))
     if len(classes) < 2 or val_rows.num_rows == 0:
         raise ValueError(f"the {kind} split needs at least 2 artists and a validation set "
-                         f"(has {len(classes)} artists, {val_rows.num_rows} validation clips)")  # fmt: skip
+                         f"(has {len(classes)} artists, {val_rows.num_rows} validation clips; the `splits` "
+                         "asset's metadata lists the artists left out and why)")  # fmt: skip
     version = data_version(pa.concat_tables([train_rows, val_rows]), feature_params)
     digest = settings.digest({"data": version, "kind": kind, "features": feature_params.digest()})[:12]
     run_dir = paths.data / "models" / kind / digest
