@@ -32,10 +32,13 @@ def probe_channels(path: str | Path) -> int:
     except FileNotFoundError:
         raise _ffmpeg_missing() from None
     try:
-        return int(json.loads(proc.stdout)["streams"][0]["channels"])
+        channels = int(json.loads(proc.stdout)["streams"][0]["channels"])
     except (ValueError, KeyError, IndexError):
         reason = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no audio stream"]
         raise AudioDecodeError(f"{path}: cannot read its audio stream: {reason[0]}") from None
+    if channels < 1:  # what ffprobe reports for some damaged files
+        raise AudioDecodeError(f"{path}: its audio stream has no channels (damaged file)")
+    return channels
 
 
 def to_stereo(block: np.ndarray) -> np.ndarray:

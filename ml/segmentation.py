@@ -221,7 +221,7 @@ def segment_release(
     release's current table points to (``in_use``, relative to ``data_dir``): a run killed before
     its table is written leaves the old table and its files intact. Other files of the release
     (older generations, leftovers of killed runs) are removed."""
-    from ml.audio import load_audio
+    from ml.audio import AudioDecodeError, load_audio
     from ml.tables import REJECTED_SCHEMA, atomic_path, table_from_rows
 
     folder = data_dir / "segments"
@@ -256,18 +256,25 @@ def segment_release(
 
     rows_in_shard = 0
     for track in vocals.to_pylist():
-        vocal = load_audio(stems_root / track["vocals_path"], settings.sample_rate, stereo=False).mean(axis=1)
+
+        def reject(reason: str, detail: str, track: dict = track) -> None:
+            rejected.append({"path": track["path"], "release": track["release"], "track_id": track["track_id"],
+                             "stage": "segments", "reason": reason, "detail": detail})  # fmt: skip
+
+        try:
+            vocal = load_audio(stems_root / track["vocals_path"], settings.sample_rate, stereo=False).mean(axis=1)
+            accompaniment = load_audio(stems_root / track["accompaniment_path"], settings.sample_rate, stereo=False)
+        except AudioDecodeError as exc:  # a damaged stem cache entry: this track only
+            reject("unreadable_stem", f"{exc} (delete the entry under the stem cache to separate it again)")
+            continue
         clips, track_dbfs = cut_clips(vocal, settings)
         if not clips:
-            rejected.append({"path": track["path"], "release": track["release"], "track_id": track["track_id"],
-                             "stage": "segments", "reason": "no_segments",
-                             "detail": f"no sung stretch long and loud enough for a {settings.clip_s:g} s clip "
-                                       f"(track at {track_dbfs:.1f} dBFS)"})  # fmt: skip
+            reject("no_segments", f"no sung stretch long and loud enough for a {settings.clip_s:g} s clip "
+                                  f"(track at {track_dbfs:.1f} dBFS)")  # fmt: skip
             continue
         if rows_in_shard + len(clips) > shard_rows and rows_in_shard:
             flush()
             rows_in_shard = 0
-        accompaniment = load_audio(stems_root / track["accompaniment_path"], settings.sample_rate, stereo=False)
         accompaniment = accompaniment.mean(axis=1)
         pending["vocals"].append(pack(vocal, clips, size))
         pending["accompaniment"].append(pack(accompaniment, clips, size))

@@ -120,7 +120,7 @@ def test_segment_ids_are_stable_and_depend_on_track_start_and_params():
 def test_a_release_is_packed_into_shards_that_hold_exactly_the_clips(tmp_path):
     stems = tmp_path / "stems"
     rows = []
-    for i, regions in enumerate([[(1.0, 25.0)], [(0.5, 12.0), (20.0, 33.0)], []]):
+    for i, regions in enumerate([[(1.0, 25.0)], [(0.5, 12.0), (20.0, 33.0)], [], [(1.0, 25.0)]]):
         folder = stems / f"t{i}"
         folder.mkdir(parents=True)
         vocals = _bursts(36.0, 44100, regions, channels=2, seed=i) if regions else np.zeros((44100 * 36, 2))
@@ -128,13 +128,16 @@ def test_a_release_is_packed_into_shards_that_hold_exactly_the_clips(tmp_path):
         sf.write(folder / "accompaniment.flac", 0.1 * np.ones_like(vocals), 44100, subtype="PCM_16")
         rows.append({"track_id": f"t{i}", "release": "A/B", "path": f"A/B/{i}.mp3", "artist": "A", "album": "B",
                      "vocals_path": f"t{i}/vocals.flac", "accompaniment_path": f"t{i}/accompaniment.flac"})  # fmt: skip
+    (stems / "t3" / "vocals.flac").write_bytes(b"not a flac any more")  # a damaged cache entry
     settings = SegmentParams(min_silence_ms=1000, shard_mb=1)  # 1 MiB: three 10 s clips per shard
     data = tmp_path / "data"
     result = segment_release(pa.Table.from_pylist(rows), stems, data, "A-B", settings)
 
     table = result.segments
-    assert result.rejected.column("reason").to_pylist() == ["no_segments"]  # the silent track
-    assert result.rejected.column("path").to_pylist() == ["A/B/2.mp3"]
+    # the silent track, and the damaged stem (named in the detail); the others are segmented
+    assert result.rejected.column("reason").to_pylist() == ["no_segments", "unreadable_stem"]
+    assert result.rejected.column("path").to_pylist() == ["A/B/2.mp3", "A/B/3.mp3"]
+    assert "t3/vocals.flac" in result.rejected.column("detail").to_pylist()[1]
     assert table.num_rows == 4 and len(set(table.column("segment_id").to_pylist())) == table.num_rows
     assert len({f for f in table.column("audio_file").to_pylist()}) >= 2  # several shards
     clips = to_float(PackedRows.from_table(table, data)[:])
