@@ -6,12 +6,14 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ml.catalogue import find_releases, scan_release
+from ml.catalogue import find_releases, folder_state, scan_release
 from ml.cleaning import clean
 from ml.rejected import ALL, load_rejected, record_rejected
 from ml.tables import REJECTED_SCHEMA
 from pipeline.partitions import releases
 from pipeline.resources import ReconetSettings
+
+RELEASE_FINGERPRINT = "release_fingerprint"
 
 
 def _markdown_table(table: pa.Table, columns: list[str], limit: int = 50) -> str:
@@ -35,12 +37,15 @@ def tracks(context: dg.AssetExecutionContext, settings: ReconetSettings) -> pa.T
     folders = find_releases(paths.library, params["library"]["audio_extensions"])
     if release not in folders:
         raise dg.Failure(f"release {release!r} is no longer in the library {paths.library}; re-register releases")
+    # taken before reading, so that a file changed meanwhile shows as a new state to the sensor
+    state = folder_state(folders[release], params["library"]["audio_extensions"])
     result = scan_release(paths.library, release, folders[release], params, logger=context.log)
     record_rejected(paths.rejected, "tracks", release, result.rejected)
     formats = Counter(result.tracks.column("format").to_pylist())
     context.add_output_metadata(
         {
             "files_scanned": result.files_scanned,
+            RELEASE_FINGERPRINT: state.fingerprint,  # what the new-release sensor compares with
             "tracks": result.tracks.num_rows,
             "rejected": result.rejected.num_rows,
             "formats": ", ".join(f"{k}: {v}" for k, v in sorted(formats.items())),

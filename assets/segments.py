@@ -49,7 +49,7 @@ def segments(context: dg.AssetExecutionContext, settings: ReconetSettings, vocal
 
 
 @dg.asset(partitions_def=releases, group_name="segments", io_manager_key="table_io_manager",
-          kinds={"pytorch", "numpy"})  # fmt: skip
+          kinds={"pytorch", "numpy"}, pool="gpu")  # fmt: skip
 def features(context: dg.AssetExecutionContext, settings: ReconetSettings, segments: pa.Table) -> pa.Table:
     """Log-mel spectrograms of every segment of one release (float16, memory-mappable), computed in
     batches on the best device and cached by (segment ids, feature parameters): unchanged inputs

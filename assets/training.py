@@ -86,14 +86,14 @@ def evaluation(context: dg.AssetExecutionContext, settings: ReconetSettings, mlf
     params, paths = settings.params(), settings.paths()
     kind = context.partition_key
     report = evaluate_and_log(params, paths, kind, splits, segments, features, mlflow_tracking.uri(paths.root),
-                              logger=context.log)  # fmt: skip
+                              logger=context.log, registered_model=mlflow_tracking.registered_model)  # fmt: skip
     m = report.metrics
     metadata: dict = {
         "segment_accuracy": m["segment"]["accuracy"], "segment_macro_f1": m["segment"]["macro_f1"],
         "song_accuracy": m["song_mean_probability"]["accuracy"],
         "song_macro_f1": m["song_mean_probability"]["macro_f1"],
         "song_majority_accuracy": m["song_majority"]["accuracy"], "test_segments": m["segment"]["count"],
-        "test_songs": m["song_mean_probability"]["count"], "champion": str(m.get("champion", "")),
+        "test_songs": m["song_mean_probability"]["count"], "champion": dg.MetadataValue.json(m.get("champion") or {}),
         "metrics": dg.MetadataValue.json({k: v for k, v in m.items() if k not in ("one_vs_all", "confusion")}),
     }  # fmt: skip
     for name in ("confusion", "top_k", "tsne"):

@@ -62,6 +62,7 @@ def _separate_with_official_spleeter(
     group_name="separation",
     io_manager_key="table_io_manager",
     kinds={"pytorch", "parquet"},
+    pool="gpu",  # one heavy step at a time (pipeline/instance.py)
 )
 def vocals(
     context: dg.AssetExecutionContext, config: VocalsConfig, settings: ReconetSettings, clean_tracks: pa.Table

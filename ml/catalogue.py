@@ -80,6 +80,36 @@ def release_files(folder: Path, extensions: Iterable[str]) -> list[Path]:
     )
 
 
+@dataclass(frozen=True)
+class ReleaseState:
+    """What a release folder holds now, cheaply: a digest of its audio files' names, sizes and
+    modification times, and the newest of those times (to tell a folder still being copied)."""
+
+    fingerprint: str
+    newest_mtime: float
+    files: int
+
+
+def folder_state(folder: Path, extensions: Iterable[str]) -> ReleaseState:
+    """The :class:`ReleaseState` of one release folder (no audio is read)."""
+    digest = hashlib.sha256()
+    newest = 0.0
+    files = release_files(folder, extensions)
+    for path in files:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # removed while we looked: the next look will see it gone
+            continue
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        newest = max(newest, stat.st_mtime)
+    return ReleaseState(digest.hexdigest()[:16], newest, len(files))
+
+
+def release_states(library: Path, extensions: Iterable[str]) -> dict[str, ReleaseState]:
+    """The state of every release folder of the library, by release key."""
+    return {key: folder_state(folder, extensions) for key, folder in find_releases(library, extensions).items()}
+
+
 @dataclass
 class Probe:
     content_sha256: str

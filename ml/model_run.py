@@ -195,8 +195,13 @@ def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module, dict[
 
 
 def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, splits: pa.Table, segments: pa.Table,
-                     features: pa.Table, tracking_uri: str, logger: logging.Logger | Any = None) -> Report:  # fmt: skip
+                     features: pa.Table, tracking_uri: str, logger: logging.Logger | Any = None,
+                     registered_model: str | None = None) -> Report:  # fmt: skip
+    """The ``kind`` model on its test set, logged to its MLflow run and ``reports/``. A registered
+    version becomes the ``champion`` of ``registered_model`` unless the champion scored better."""
     import mlflow
+
+    from ml.tracking import promote_champion
 
     logger = logger or log
     model, info = load_trained(paths, kind)
@@ -224,6 +229,13 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
             mlflow.log_metric("test_song_top_k_accuracy", value, step=k)
         for path in report.files.values():
             mlflow.log_artifact(str(path), f"evaluation/{kind}")
+        if registered_model and info.get("version"):
+            m["champion"] = promote_champion(tracking_uri, registered_model, info["version"], kind,
+                                             summary["test_song_mean_probability_macro_f1"])  # fmt: skip
+            mlflow.set_tag("champion", str(m["champion"]["promoted"]).lower())
+            verdict = "is now" if m["champion"]["promoted"] else "did not beat"
+            logger.info(f"{registered_model} version {info['version']} {verdict} the champion "
+                        f"(version {m['champion']['champion']})")  # fmt: skip
     metrics_file = paths.reports / "metrics.json"
     try:
         all_metrics = json.loads(metrics_file.read_text(encoding="utf-8"))

@@ -153,3 +153,45 @@ def split_segments(segments: pa.Table, settings: SplitParams) -> tuple[pa.Table,
     from ml.tables import table_from_rows
 
     return table_from_rows(rows, SPLITS_SCHEMA), excluded
+
+
+def split_problems(table: pa.Table) -> list[str]:
+    """What is wrong with a splits table, in words (empty: nothing).
+
+    * a song (or, for the ``segment`` kind, a clip) on two sides of one split: the test score would
+      measure memory, not recognition;
+    * for the ``album`` kind, a test album that also feeds training or validation;
+    * an artist of a split with no training clip (the model cannot name it), or, for the song,
+      album and segment kinds, absent from validation or test (its scores would be undefined).
+      A k-fold fold may hold no test song of an artist with fewer songs than folds.
+    """
+    problems: list[str] = []
+    rows = table.select(["segment_id", "track_id", "artist", "album", "kind", "fold", "split"]).to_pylist()
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["kind"], row["fold"])].append(row)
+    for (kind, fold), group in sorted(groups.items()):
+        name = kind if kind != "kfold" else f"kfold fold {fold}"
+        unit = "segment_id" if kind == "segment" else "track_id"
+        sides: dict[str, set[str]] = defaultdict(set)
+        for row in group:
+            sides[row[unit]].add(row["split"])
+        leaked = sorted(u for u, s in sides.items() if len(s) > 1)
+        if leaked:
+            problems.append(f"{name}: {len(leaked)} {'clip' if unit == 'segment_id' else 'song'}(s) on two sides, "
+                            f"e.g. {leaked[0]}")  # fmt: skip
+        if kind == "album":
+            test_albums = {(r["artist"], r["album"]) for r in group if r["split"] == "test"}
+            shared = sorted({(r["artist"], r["album"]) for r in group if r["split"] != "test"} & test_albums, key=str)
+            if shared:
+                problems.append(f"album: test album(s) also in training or validation: {shared[:3]}")
+        artists_by_side: dict[str, set[str]] = defaultdict(set)
+        for row in group:
+            artists_by_side[row["split"]].add(row["artist"])
+        everyone = set().union(*artists_by_side.values())
+        required = ("train",) if kind == "kfold" else ("train", "val", "test")
+        for side in required:
+            missing = sorted(everyone - artists_by_side[side], key=str)
+            if missing:
+                problems.append(f"{name}: no {side} clip for {len(missing)} artist(s): {missing[:5]}")
+    return problems

@@ -82,3 +82,51 @@ def register(uri: str, run_id: str, model_uri: str, name: str = REGISTERED_MODEL
     mlflow.set_tracking_uri(uri)
     version = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
     return str(version.version)
+
+
+CHAMPION = "champion"
+SCORE_TAG = "test_song_macro_f1"  # on each registered version, set by its evaluation
+
+
+def promote_champion(uri: str, name: str, version: str, kind: str, macro_f1: float) -> dict[str, Any]:
+    """Record ``version``'s test song macro-F1 on it and give it the ``champion`` alias unless the
+    current champion scored better: a retrained model never replaces a better one. Returns what
+    was decided, for the run's metadata."""
+    client = MlflowClient(uri)
+    client.set_model_version_tag(name, version, SCORE_TAG, f"{macro_f1:.6f}")
+    client.set_model_version_tag(name, version, "split_kind", kind)
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:  # no champion yet
+        current = None
+    current_score = float(current.tags.get(SCORE_TAG, "-inf")) if current is not None else None
+    promoted = current is None or current.version == str(version) or macro_f1 >= current_score
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    return {"version": str(version), "macro_f1": round(macro_f1, 6), "promoted": promoted,
+            "champion": str(version) if promoted else current.version,
+            "previous_champion": None if current is None else current.version,
+            "previous_champion_macro_f1": current_score}  # fmt: skip
+
+
+def champion_report(uri: str, name: str, kind: str) -> dict[str, Any] | None:
+    """Whether the ``champion`` alias obeys the rule: no version evaluated after the champion on
+    the ``kind`` split scored better. None when no version of ``name`` was evaluated on ``kind``."""
+    client = MlflowClient(uri)
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    scored = {int(v.version): float(v.tags[SCORE_TAG]) for v in versions
+              if SCORE_TAG in v.tags and v.tags.get("split_kind") == kind}  # fmt: skip
+    if not scored:
+        return None
+    try:
+        champion = int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        return {"consistent": False, "problem": "evaluated versions exist but none is the champion"}
+    later_better = sorted(v for v, s in scored.items() if v > champion and s > scored.get(champion, float("-inf")))
+    latest = max(scored)
+    return {"consistent": champion in scored and not later_better, "champion": champion,
+            "champion_macro_f1": scored.get(champion), "latest_version": latest, "latest_macro_f1": scored[latest],
+            "better_versions_not_promoted": later_better}  # fmt: skip

@@ -1,4 +1,4 @@
-"""reconet's Dagster definitions: gathers assets, resources and jobs; defines nothing itself."""
+"""reconet's Dagster definitions: gathers assets, checks, jobs, sensors, schedules and resources."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ from assets.metadata_eda import metadata_eda
 from assets.segments import features, segments
 from assets.training import evaluation, model, splits
 from assets.vocals import vocals
+from ml import config
+from ml.orchestration import OrchestrationParams
+from pipeline.checks import ASSET_CHECKS
+from pipeline.executors import executor_for
 from pipeline.jobs import (
     catalogue_job,
+    process_release_job,
+    refresh_job,
     register_releases_job,
     release_job,
     report_job,
@@ -20,9 +26,16 @@ from pipeline.jobs import (
     vocals_job,
 )
 from pipeline.resources import MlflowTracking, ParquetTableIOManager, ReconetSettings
+from pipeline.sensors import SCHEDULES, SENSORS
+from pipeline.staleness import with_step_versions
+
+_params = config.load_params()
 
 defs = dg.Definitions(
-    assets=[tracks, clean_tracks, rejected, metadata_eda, vocals, segments, features, splits, model, evaluation],
+    assets=with_step_versions(
+        [tracks, clean_tracks, rejected, metadata_eda, vocals, segments, features, splits, model, evaluation], _params
+    ),
+    asset_checks=ASSET_CHECKS,
     jobs=[
         register_releases_job,
         release_job,
@@ -32,7 +45,12 @@ defs = dg.Definitions(
         report_job,
         splits_job,
         training_job,
+        process_release_job,
+        refresh_job,
     ],
+    sensors=SENSORS,
+    schedules=SCHEDULES,
+    executor=executor_for(OrchestrationParams.from_params(_params)),
     resources={
         "settings": ReconetSettings(),
         "table_io_manager": ParquetTableIOManager(),

@@ -71,3 +71,16 @@ MAIN_JOB_PHASES: tuple[tuple[str, bool], ...] = (
     ("release_job", True), ("catalogue_job", False), ("vocals_job", True), ("segments_job", True),
     ("report_job", False), ("splits_job", False),
 )  # fmt: skip
+
+# What the new-release sensor runs for one release: read it, clean the catalogue again (duplicates
+# span releases), then separate, cut and featurise that release only.
+process_release_job = dg.define_asset_job(
+    "process_release_job", selection=dg.AssetSelection.assets(tracks, clean_tracks, vocals, segments, features),
+    description="Process one new or changed release: read, clean the catalogue, separate, segment, log-mels.",
+)  # fmt: skip
+
+# Catalogue-wide outputs that follow new data: every rejection, the EDA, the splits.
+refresh_job = dg.define_asset_job(
+    "refresh_job", selection=dg.AssetSelection.assets(rejected, metadata_eda, splits),
+    description="Gather rejections, explore the catalogue and split the segments again after new data.",
+)  # fmt: skip

@@ -1,0 +1,245 @@
+"""Sensors, schedule, asset checks and the champion rule, on the real Dagster instance and MLflow."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ml.catalogue import ReleaseState, release_states
+from ml.orchestration import ready_releases
+from ml.splits import split_problems
+from ml.tables import read_table
+from ml.tracking import champion_report, promote_champion
+from pipeline.definitions import defs
+from pipeline.instance import cli_run_tags, release_orphaned_runs
+from pipeline.resources import MlflowTracking, ReconetSettings
+from pipeline.sensors import new_release_sensor, retrain_sensor
+from pipeline.staleness import STEP_INPUTS, reprocess_requests, stale_outputs, step_version
+
+EXTENSIONS = ["mp3", "flac", "ogg", "m4a", "wav"]
+
+
+def test_a_release_runs_once_its_folder_has_settled_and_never_twice_for_the_same_content():
+    state = ReleaseState("abc", newest_mtime=1000.0, files=2)
+    # first look: never seen, so it may still be copying
+    assert ready_releases({"A/x": state}, {}, {}, now=2000.0, settle_s=60) == ([], ["A/x"])
+    # same fingerprint at the next look and quiet for long enough: ready
+    assert ready_releases({"A/x": state}, {"A/x": "abc"}, {}, now=2000.0, settle_s=60) == (["A/x"], [])
+    # same fingerprint, but a file changed 10 s ago: still settling
+    assert ready_releases({"A/x": state}, {"A/x": "abc"}, {}, now=1010.0, settle_s=60) == ([], ["A/x"])
+    # already processed with this content: nothing, whatever the cursor says
+    assert ready_releases({"A/x": state}, {}, {"A/x": "abc"}, now=2000.0, settle_s=60) == ([], [])
+    # processed, then changed: settles, then runs again
+    changed = ReleaseState("def", 1000.0, 3)
+    assert ready_releases({"A/x": changed}, {"A/x": "abc"}, {"A/x": "abc"}, 2000.0, 60) == ([], ["A/x"])
+    assert ready_releases({"A/x": changed}, {"A/x": "def"}, {"A/x": "abc"}, 2000.0, 60) == (["A/x"], [])
+
+
+def test_split_problems_name_leaks_and_missing_classes():
+    rows = []
+    for artist in ("A", "B"):
+        for i, split in enumerate(("train", "train", "val", "test")):
+            rows.append({"segment_id": f"{artist}{i}", "track_id": f"{artist}t{i}", "artist": artist,
+                         "album": f"{artist}-al{i // 3}", "kind": "song", "fold": 0, "split": split})  # fmt: skip
+    table = pa.Table.from_pylist(rows)
+    assert split_problems(table) == []
+    leaked = pa.Table.from_pylist(rows + [{**rows[0], "segment_id": "A9", "split": "test"}])
+    assert any("on two sides" in p for p in split_problems(leaked))
+    no_b_test = pa.Table.from_pylist([r for r in rows if not (r["artist"] == "B" and r["split"] == "test")])
+    assert any("no test clip" in p and "B" in p for p in split_problems(no_b_test))
+    album_rows = [{**r, "kind": "album", "album": "same"} for r in rows]
+    assert any("test album" in p for p in split_problems(pa.Table.from_pylist(album_rows)))
+
+
+def test_champion_alias_moves_only_to_a_model_that_is_not_worse(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("voices")
+    versions = [client.create_model_version("voices", source=str(tmp_path)).version for _ in range(4)]
+    scores = (0.8, 0.7, 0.9, 0.9)
+    decisions = [promote_champion(uri, "voices", v, "song", f1) for v, f1 in zip(versions, scores, strict=True)]
+    assert [d["promoted"] for d in decisions] == [True, False, True, True]  # equal is "not below"
+    assert decisions[1]["champion"] == versions[0]
+    assert client.get_model_version_by_alias("voices", "champion").version == versions[3]
+    assert champion_report(uri, "voices", "song")["consistent"]
+    assert champion_report(uri, "voices", "album") is None  # nothing evaluated on that split
+    client.set_registered_model_alias("voices", "champion", versions[1])  # by hand, against the rule
+    report = champion_report(uri, "voices", "song")
+    assert not report["consistent"] and report["better_versions_not_promoted"] == [3, 4]
+
+
+def test_step_versions_follow_params_and_code(tmp_path):
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    before = {asset: step_version(asset, params) for asset in STEP_INPUTS}
+    params["features"]["n_mels"] += 1
+    after = {asset: step_version(asset, params) for asset in STEP_INPUTS}
+    assert {a for a in STEP_INPUTS if before[a] != after[a]} == {"features", "model", "evaluation"}
+    # a stale release re-runs that release; a stale training, its split kinds
+    stale = {"features": ["B/y"], "model": ["song"]}
+    requests = reprocess_requests(stale, ["A/x", "B/y"])
+    assert [(r.job_name, r.partition_key) for r in requests] == [("process_release_job", "B/y")]
+    requests = reprocess_requests({"model": ["song"], "evaluation": ["song"]}, ["A/x"])
+    assert [(r.job_name, r.partition_key) for r in requests] == [("training_job", "song")]
+
+
+def _tick(sensor, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    resources = {"settings": ReconetSettings(), "mlflow_tracking": MlflowTracking()}
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    return sensor(context)
+
+
+def _apply(result: dg.SensorResult, instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+    """What the daemon does with a tick's result: partitions first, then the runs (in process here)."""
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    for run in result.run_requests or []:
+        job = defs.resolve_job_def(run.job_name)
+        outcome = job.execute_in_process(instance=instance, partition_key=run.partition_key, tags=cli_run_tags(),
+                                         raise_on_error=False)  # fmt: skip
+        assert outcome.success, f"{run.job_name} {run.partition_key} failed"
+    return list(result.run_requests or [])
+
+
+def _materialisations(instance: dg.DagsterInstance, asset: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records:
+        key = record.asset_materialization.partition
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_a_new_album_dropped_into_the_library_is_processed_alone_and_training_follows(
+    small_library, project_dirs, tmp_path, monkeypatch
+):
+    source, _ = small_library
+    library = tmp_path / "library"
+    held_back = sorted(release_states(source, EXTENSIONS))[-1]  # the album that arrives later
+    shutil.copytree(source, library, ignore=lambda d, names: names if Path(d) == source / held_back else [])
+    monkeypatch.setenv("RECONET_LIBRARY", str(library))
+    params_file = Path(os.environ["RECONET_PARAMS"])
+    params = yaml.safe_load(params_file.read_text())
+    params["orchestration"]["settle_s"] = 0.5
+    params_file.write_text(yaml.safe_dump(params))
+    instance = dg.DagsterInstance.get()
+    first = sorted(release_states(library, EXTENSIONS))
+
+    # first look: every release is new, none has settled yet
+    result = _tick(new_release_sensor, instance, None)
+    assert not result.run_requests and not result.dynamic_partitions_requests
+    time.sleep(0.6)
+    result = _tick(new_release_sensor, instance, result.cursor)
+    assert sorted(r.partition_key for r in result.run_requests) == first
+    assert {r.job_name for r in result.run_requests} == {"process_release_job"}
+    _apply(result, instance)
+    cursor = result.cursor
+    assert not _tick(new_release_sensor, instance, cursor).run_requests  # the same content never runs twice
+
+    # training follows: the splits first, then one training run per split kind
+    refresh = _tick(retrain_sensor, instance, None)
+    assert [r.job_name for r in refresh.run_requests] == ["refresh_job"]
+    _apply(refresh, instance)
+    train = _tick(retrain_sensor, instance, None)
+    assert [(r.job_name, r.partition_key) for r in train.run_requests] == [("training_job", "song")]
+    _apply(train, instance)
+    assert not _tick(retrain_sensor, instance, None).run_requests
+    before = {asset: _materialisations(instance, asset) for asset in ("tracks", "vocals", "segments", "features")}
+
+    # an album is being copied in: half of it, then the rest; it waits until the folder settles
+    src = source / held_back
+    files = sorted(p for p in src.iterdir() if p.is_file())
+    (library / held_back).mkdir(parents=True)
+    shutil.copy2(files[0], library / held_back / files[0].name)
+    result = _tick(new_release_sensor, instance, cursor)
+    assert not result.run_requests
+    for f in files[1:]:
+        shutil.copy2(f, library / held_back / f.name)
+    os.utime(library / held_back / files[-1].name)  # just written
+    result = _tick(new_release_sensor, instance, result.cursor)
+    assert not result.run_requests  # changed since the last look
+    time.sleep(0.6)
+    result = _tick(new_release_sensor, instance, result.cursor)
+    assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("process_release_job", held_back)]
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == [held_back]
+    _apply(result, instance)
+
+    after = {asset: _materialisations(instance, asset) for asset in before}
+    for asset, counts in after.items():
+        assert counts.pop(held_back) == 1, asset
+        assert counts == before[asset], f"{asset}: other releases were materialised again"
+    checks = {e.check_name: e.passed for e in _check_evaluations(instance)}
+    assert checks and all(checks.values()), checks
+    expected = {"unique_track_ids", "unique_segment_ids", "every_kept_track_accounted_for", "finite_log_mels"}
+    assert expected <= set(checks)
+
+    # and the model is trained again on the new data
+    refresh = _tick(retrain_sensor, instance, None)
+    assert [r.job_name for r in refresh.run_requests] == ["refresh_job"]
+    _apply(refresh, instance)
+    assert [r.partition_key for r in _tick(retrain_sensor, instance, None).run_requests] == ["song"]
+
+    # nothing is stale for the nightly schedule... until a feature parameter changes
+    assert "features" not in stale_outputs(instance, params)
+    params["features"]["n_mels"] = 64
+    stale = stale_outputs(instance, params)
+    assert stale["features"] == sorted(first + [held_back]) and "segments" not in stale
+
+
+def _check_evaluations(instance: dg.DagsterInstance) -> list:
+    records = instance.get_records_for_run(run_id=instance.get_runs(limit=1)[0].run_id,
+                                           of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records  # fmt: skip
+    return [r.event_log_entry.dagster_event.event_specific_data for r in records]
+
+
+@pytest.mark.slow
+def test_a_nan_in_the_log_mels_fails_the_blocking_check(small_library, project_dirs, monkeypatch):
+    library, _ = small_library
+    monkeypatch.setenv("RECONET_LIBRARY", str(library))
+    instance = dg.DagsterInstance.get()
+    key = sorted(release_states(library, EXTENSIONS))[0]
+    instance.add_dynamic_partitions("releases", sorted(release_states(library, EXTENSIONS)))
+    for job in ("release_job",):
+        for k in instance.get_dynamic_partitions("releases"):
+            assert defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=k).success
+    assert defs.resolve_job_def("process_release_job").execute_in_process(instance=instance, partition_key=key).success
+    features = read_table(next((project_dirs["data"] / "tables" / "features").glob("*.parquet")))
+    array = np.load(project_dirs["data"] / features.column("feature_file")[0].as_py(), mmap_mode="r+")
+    array[0, 0, 0] = np.nan
+    array.flush()
+    del array
+    result = defs.resolve_job_def("segments_job").execute_in_process(instance=instance, partition_key=key,
+                                                                     raise_on_error=False)  # fmt: skip
+    assert not result.success
+    failed = [e for e in _check_evaluations(instance) if not e.passed]
+    assert [e.check_name for e in failed] == ["finite_log_mels"]
+    assert failed[0].metadata["non_finite"].value == 1
+
+
+def test_a_killed_run_gives_its_gpu_slot_back(tmp_path, monkeypatch):
+    (tmp_path / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        # a run whose process is gone (a pid that cannot exist) while it held the slot
+        run = instance.create_run_for_job(defs.resolve_job_def("register_releases_job"),
+                                          status=dg.DagsterRunStatus.STARTED,
+                                          tags={**cli_run_tags(), "reconet/pid": "999999999"})  # fmt: skip
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("gpu", 1)
+        assert storage.claim_concurrency_slot("gpu", run.run_id, "vocals").is_claimed
+        alive = instance.create_run_for_job(defs.resolve_job_def("register_releases_job"),
+                                            status=dg.DagsterRunStatus.STARTED, tags=cli_run_tags())  # fmt: skip
+        assert release_orphaned_runs(instance) == [run.run_id]
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert storage.get_concurrency_info("gpu").claimed_slots == []
+        assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED  # this process lives
