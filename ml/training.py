@@ -6,6 +6,9 @@ statistics that evaluation uses are still settling), class-balanced sampling or 
 Batches come from ``ml/loader.py``: raw clips augmented on the device and turned into log-mels
 there (``train.augment: true``), or the cached log-mels.
 
+The same loop trains on one process or on several: ``train(..., parallel=...)`` takes how the work
+is shared (:class:`SingleProcess` here; ``ml.distributed`` runs it with PyTorch DDP under ``torchrun``).
+
 Every epoch ends with a checkpoint written atomically (``torch.save`` to a temporary file, then a
 rename) holding the model, optimiser, scheduler, early-stopping state and history. Training started
 again with the same configuration and data resumes after the last finished epoch; checkpoints are
@@ -116,8 +119,38 @@ class Checkpointer:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
 
+class SingleProcess:
+    """How :func:`train` shares its work: here, not at all. ``ml.distributed.DistributedTraining``
+    overrides these for DDP: the model wrapped, each process given its share of every epoch, sums
+    taken over all processes, and only rank 0 writing checkpoints and logging results."""
+
+    rank = 0
+    world_size = 1
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the checkpoint and logs the results."""
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training steps call (the model itself, or its DDP wrapper)."""
+        return model
+
+    def loader(self, dataset: SegmentDataset, batch_size: int, shuffle: bool = False, balanced: bool = False,
+               seed: int = 0):  # fmt: skip
+        """This process's batches of ``dataset``: the whole epoch on one process."""
+        return make_loader(dataset, batch_size, shuffle=shuffle, balanced=balanced, seed=seed)
+
+    def sum(self, *values: float) -> list[float]:
+        """``values`` summed over every process (loss sums, counts)."""
+        return list(values)
+
+    def end_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called after an epoch's training steps, before validation."""
+
+
 def _evaluate_loss(model: nn.Module, loader, device: torch.device, loss_fn: nn.Module,
-                   log_mel: nn.Module | None) -> tuple[float, float]:  # fmt: skip
+                   log_mel: nn.Module | None, parallel: SingleProcess) -> tuple[float, float]:  # fmt: skip
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     with torch.inference_mode():
@@ -127,6 +160,7 @@ def _evaluate_loss(model: nn.Module, loader, device: torch.device, loss_fn: nn.M
             loss_sum += float(loss_fn(scores, labels)) * len(labels)
             correct += int((scores.argmax(1) == labels).sum())
             total += len(labels)
+    loss_sum, correct, total = parallel.sum(loss_sum, correct, total)
     return loss_sum / max(total, 1), correct / max(total, 1)
 
 
@@ -140,11 +174,15 @@ def train(
     augmenters: tuple[Callable | None, Callable | None] = (None, None),
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     logger: logging.Logger | Any = None,
+    parallel: SingleProcess | None = None,
 ) -> TrainResult:
     """Train (or resume) until early stopping or ``settings.epochs``. ``train_set`` uses the
     ``audio`` source when augmenting or when the model takes raw clips; ``val_set`` the
-    ``features`` source unless the model takes raw clips (see :func:`dataset_source`)."""
+    ``features`` source unless the model takes raw clips (see :func:`dataset_source`).
+    ``parallel`` shares the epochs between processes (default: one process); only its writing
+    process saves checkpoints, logs and calls ``on_epoch``."""
     logger = logger or log
+    parallel = parallel or SingleProcess()
     classes = train_set.classes
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, len(classes), features.n_mels, settings.model_options).to(device)
@@ -174,24 +212,30 @@ def train(
         best = {"loss": state["best_loss"], "epoch": state["best_epoch"], "weights": state["best_weights"]}
         stale, stopped_early = state["stale_epochs"], state["finished"]
         start_epoch = history[-1].epoch + 1 if history else 1
-        logger.info(f"resuming from the checkpoint after epoch {start_epoch - 1} ({checkpointer.path})")
+        if parallel.writes:
+            logger.info(f"resuming from the checkpoint after epoch {start_epoch - 1} ({checkpointer.path})")
     resumed_from = start_epoch - 1
-    val_loader = make_loader(val_set, settings.batch_size)
+    net = parallel.wrap(model)  # after loading the checkpoint: DDP starts every process from rank 0's weights
+    raw = needs_audio(model)  # asked of the model: a DDP wrapper does not tell
+    val_loader = parallel.loader(val_set, settings.batch_size)
 
     for epoch in range(start_epoch, settings.epochs + 1):
         if stopped_early:
             break
         started = time.perf_counter()
         model.train()
-        loader = make_loader(train_set, settings.batch_size, shuffle=True, balanced=settings.balance == "sampler",
-                             seed=settings.seed * 1000 + epoch)  # fmt: skip
-        generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + epoch)
+        loader = parallel.loader(train_set, settings.batch_size, shuffle=True, balanced=settings.balance == "sampler",
+                                 seed=settings.seed * 1000 + epoch)  # fmt: skip
+        # augmentation draws: the same as ever on one process, different on each of several
+        generator = torch.Generator(device=device).manual_seed(
+            (settings.seed * 1000 + epoch) * parallel.world_size + parallel.rank
+        )
         total, correct, loss_sum = 0, 0, 0.0
         for batch in loader:
             x, audio = model_input(batch, device, log_mel, audio_augment, spectrogram_augment, generator)
             labels = batch.labels.to(device)
             with torch.autocast(device.type, enabled=amp):
-                scores = logits(model, x, audio)
+                scores = net(x, audio) if raw else net(x)
                 loss = loss_fn(scores.float(), labels)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -200,7 +244,9 @@ def train(
             loss_sum += float(loss.detach()) * len(labels)
             correct += int((scores.detach().argmax(1) == labels).sum())
             total += len(labels)
-        val_loss, val_accuracy = _evaluate_loss(model, val_loader, device, val_loss_fn, log_mel)
+        loss_sum, correct, total = parallel.sum(loss_sum, correct, total)
+        parallel.end_epoch(model, epoch)
+        val_loss, val_accuracy = _evaluate_loss(model, val_loader, device, val_loss_fn, log_mel, parallel)
         warming_up = epoch <= settings.warmup_epochs
         if not warming_up:
             scheduler.step(val_loss)
@@ -214,6 +260,8 @@ def train(
         elif not warming_up:
             stale += 1
         stopped_early = stale >= settings.early_stopping_patience
+        if not parallel.writes:  # every process reached the same decisions; one writes them down
+            continue
         checkpointer.save({
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
             "history": json.dumps([asdict(h) for h in history]), "best_loss": best["loss"],
