@@ -11,7 +11,7 @@ from ml.cleaning import clean
 from ml.rejected import ALL, load_rejected, record_rejected
 from ml.tables import REJECTED_SCHEMA
 from pipeline.partitions import releases
-from pipeline.resources import ReconetSettings
+from pipeline.resources import SKIP_MISSING_PARTITIONS, ReconetSettings
 
 RELEASE_FINGERPRINT = "release_fingerprint"
 
@@ -57,7 +57,10 @@ def tracks(context: dg.AssetExecutionContext, settings: ReconetSettings) -> pa.T
     return result.tracks
 
 
-@dg.asset(group_name="catalogue", io_manager_key="table_io_manager", kinds={"python", "parquet"})
+# A release run cleans the catalogue read so far: releases whose tracks are not read yet join it
+# when their own run cleans it again.
+@dg.asset(group_name="catalogue", io_manager_key="table_io_manager", kinds={"python", "parquet"},
+          ins={"tracks": dg.AssetIn(metadata={SKIP_MISSING_PARTITIONS: True})})  # fmt: skip
 def clean_tracks(context: dg.AssetExecutionContext, settings: ReconetSettings, tracks: pa.Table) -> pa.Table:
     """The tracks a model can learn one vocalist from: no interludes (≤ 30 s), no duets or
     compilations, no duplicates, a known artist. Each exclusion is a `rejected` row (stage

@@ -18,7 +18,7 @@ from assets.training import evaluation, splits
 from ml.rejected import ledger_path
 from ml.splits import split_problems
 from ml.tables import read_table
-from pipeline.resources import MlflowTracking, ReconetSettings
+from pipeline.resources import MlflowTracking, ReconetSettings, table_path
 
 
 def _duplicates(values: list[str]) -> list[str]:
@@ -33,10 +33,15 @@ def unique_track_ids(clean_tracks: pa.Table) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not dupes, metadata=metadata)
 
 
+def _partition_table(settings: ReconetSettings, asset: str, context: dg.AssetCheckExecutionContext) -> pa.Table:
+    """The table of the run's partition of a per-release asset (checks see the run's partition)."""
+    return read_table(table_path(settings.paths().tables, asset, context.partition_key))
+
+
 @dg.asset_check(asset=segments, blocking=True)
-def unique_segment_ids(context: dg.AssetCheckExecutionContext, settings: ReconetSettings,
-                       segments: pa.Table) -> dg.AssetCheckResult:  # fmt: skip
+def unique_segment_ids(context: dg.AssetCheckExecutionContext, settings: ReconetSettings) -> dg.AssetCheckResult:
     """No `segment_id` twice in this release, nor in any other release's segments."""
+    segments = _partition_table(settings, "segments", context)
     ids = segments.column("segment_id").to_pylist()
     dupes = _duplicates(ids)
     clashes: set[str] = set()
@@ -53,11 +58,12 @@ def unique_segment_ids(context: dg.AssetCheckExecutionContext, settings: Reconet
 
 
 @dg.asset_check(asset=segments, blocking=True)
-def every_kept_track_accounted_for(context: dg.AssetCheckExecutionContext, settings: ReconetSettings,
-                                   segments: pa.Table) -> dg.AssetCheckResult:  # fmt: skip
+def every_kept_track_accounted_for(context: dg.AssetCheckExecutionContext,
+                                   settings: ReconetSettings) -> dg.AssetCheckResult:  # fmt: skip
     """Every clean track of this release has clips, or a `rejected` row saying why not (vocals or
     segments stage): no track vanishes silently between cleaning and training."""
     paths = settings.paths()
+    segments = _partition_table(settings, "segments", context)
     release = context.partition_key
     kept = read_table(paths.tables / "clean_tracks.parquet")
     kept = kept.filter(pc.equal(kept.column("release"), release))
@@ -73,9 +79,9 @@ def every_kept_track_accounted_for(context: dg.AssetCheckExecutionContext, setti
 
 
 @dg.asset_check(asset=features, blocking=True)
-def finite_log_mels(settings: ReconetSettings, features: pa.Table) -> dg.AssetCheckResult:
-    """Every cached log-mel is finite (no NaN, no ±inf after the float16 cast) and there is one per
-    segment."""
+def finite_log_mels(context: dg.AssetCheckExecutionContext, settings: ReconetSettings) -> dg.AssetCheckResult:
+    """Every cached log-mel is finite (no NaN, no ±inf after the float16 cast)."""
+    features = _partition_table(settings, "features", context)
     data = settings.paths().data
     bad_rows = 0
     checked = 0

@@ -5,6 +5,7 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -13,14 +14,10 @@ from rich.table import Table
 
 from ml import config
 from ml.demo_library import SIZES, generate_demo_library
+from pipeline.instance import DAGSTER_YAML
 
 console = Console(stderr=True)
 
-DAGSTER_YAML = """\
-# reconet's local Dagster instance (made by `reconet`); see README.
-telemetry:
-  enabled: false
-"""
 
 
 # Runs print warnings (rejected files) to the terminal; the full log is in the UI.
@@ -65,14 +62,57 @@ def _ensure_library(paths: config.Paths, params: dict) -> None:
     make_demo_library(paths.library, params.get("library", {}).get("demo_size", "default"))
 
 
-def run_pipeline(library: str | None = None) -> int:
-    """The main job, on the persistent instance (the UI shows the runs): read the releases, clean the
-    catalogue, separate, segment, split, then train and evaluate one model per split kind."""
+@dataclass(frozen=True)
+class Phase:
+    """One step of a materialisation: a job of the definitions, what it runs over (``releases``: once
+    per release partition; ``split_kinds``: once per kind in params.yaml's train.split_kinds; None:
+    once), and the assets of the job it selects (empty: all of them)."""
+
+    job: str
+    over: str | None = None
+    assets: tuple[str, ...] = ()
+
+
+# The DVC stages (dvc.yaml): what `reconet materialize STAGE` runs, in this order.
+STAGES: dict[str, tuple[Phase, ...]] = {
+    "catalogue": (Phase("release_job", "releases"), Phase("catalogue_job")),
+    "vocals": (Phase("vocals_job", "releases"),),
+    "segments": (Phase("segments_job", "releases", ("segments",)),),
+    "features": (Phase("segments_job", "releases", ("features",)),),
+    "report": (Phase("report_job"),),
+    "splits": (Phase("splits_job"),),
+    "model": (Phase("training_job", "split_kinds", ("model",)),),
+    "evaluation": (Phase("training_job", "split_kinds", ("evaluation",)),),
+}
+
+
+def _main_phases() -> tuple[Phase, ...]:
+    """`reconet run`: the main job's phases, then training and evaluation per split kind."""
+    from pipeline.jobs import MAIN_JOB_PHASES
+
+    phases = [Phase(name, "releases" if per_release else None) for name, per_release in MAIN_JOB_PHASES]
+    return (*phases, Phase("training_job", "split_kinds"))
+
+
+def _failure(result) -> str:
+    """The first step failure's message of a run, on one line."""
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        if error is not None:
+            cause = error.cause or error
+            message = (cause.message or error.message).strip().splitlines()
+            return f"{event.step_key}: {message[-1] if message else cause.cls_name}"
+    return "the run failed"
+
+
+def _materialize(phases: tuple[Phase, ...], library: str | None = None) -> tuple[config.Paths, float] | None:
+    """Run ``phases`` in order on the persistent instance (the UI shows the runs), each once per
+    target; None after the first failed run (it is reported), else the paths and the seconds taken."""
     import dagster as dg
 
     from ml.training import TrainParams
     from pipeline.definitions import defs
-    from pipeline.jobs import MAIN_JOB_PHASES
+    from pipeline.instance import cli_run_tags, release_orphaned_runs
     from pipeline.partitions import sync_release_partitions
 
     params = config.load_params()
@@ -84,25 +124,48 @@ def run_pipeline(library: str | None = None) -> int:
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         added, removed = sync_release_partitions(instance, paths, params)
+        for run_id in release_orphaned_runs(instance):
+            console.print(f"[yellow]run {run_id} had been killed: marked failed, its pool slot freed[/yellow]")
         keys = instance.get_dynamic_partitions("releases")
         console.print(f"library {paths.library}: {len(keys)} releases ({len(added)} new, {len(removed)} removed)")
         with _progress() as progress:
-            for job_name, per_release in (*MAIN_JOB_PHASES, ("training_job", "split_kinds")):
-                job = defs.resolve_job_def(job_name)
-                targets = split_kinds if per_release == "split_kinds" else keys if per_release else [None]
-                task = progress.add_task(job_name, total=len(targets))
+            for phase in phases:
+                job = defs.resolve_job_def(phase.job)
+                targets = {"releases": keys, "split_kinds": split_kinds}.get(phase.over, [None])
+                selection = [dg.AssetKey(name) for name in phase.assets] or None
+                label = phase.job + (f" [{', '.join(phase.assets)}]" if phase.assets else "")
+                task = progress.add_task(label, total=len(targets))
                 for key in targets:
-                    progress.update(task, description=f"{job_name} {key or ''}"[:60])
+                    progress.update(task, description=f"{label} {key or ''}"[:60])
                     result = job.execute_in_process(
-                        instance=instance, partition_key=key, raise_on_error=False, run_config=QUIET_CONSOLE
-                    )
+                        instance=instance, partition_key=key, asset_selection=selection, raise_on_error=False,
+                        run_config=QUIET_CONSOLE, tags=cli_run_tags(),
+                    )  # fmt: skip
                     if not result.success:
-                        console.print(
-                            f"[red]{job_name} failed{' for ' + key if key else ''}: see the run in the UI[/red]"
-                        )
-                        return 1
+                        console.print(f"[red]{label} failed{' for ' + key if key else ''}: {_failure(result)}\n"
+                                      f"(run {result.run_id}: its full log is in the UI)[/red]")  # fmt: skip
+                        return None
                     progress.advance(task)
-    _print_summary(paths, time.perf_counter() - started)
+    return paths, time.perf_counter() - started
+
+
+def run_pipeline(library: str | None = None) -> int:
+    """The main job, on the persistent instance (the UI shows the runs): read the releases, clean the
+    catalogue, separate, segment, split, then train and evaluate one model per split kind."""
+    done = _materialize(_main_phases(), library)
+    if done is None:
+        return 1
+    _print_summary(*done)
+    return 0
+
+
+def materialize(stage: str, library: str | None = None) -> int:
+    """One DVC stage (dvc.yaml): its assets for every release partition (or every split kind)."""
+    done = _materialize(STAGES[stage], library)
+    if done is None:
+        console.print(f"[red]reconet materialize {stage}: failed[/red]")
+        return 1
+    console.print(f"materialised {stage} in {done[1]:.1f} s")
     return 0
 
 
@@ -180,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("run", "run the pipeline on the library"), ("register-releases", "sync release partitions")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--library", help="music library folder (default: RECONET_LIBRARY or params.yaml)")
+    stage = sub.add_parser("materialize", help="materialise one pipeline stage (a dvc.yaml stage) for every partition")
+    stage.add_argument("stage", choices=list(STAGES))
+    stage.add_argument("--library", help="music library folder (default: RECONET_LIBRARY or params.yaml)")
     ui_parser = sub.add_parser("ui", help="open the Dagster UI on 127.0.0.1")
     ui_parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
@@ -189,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             return run_pipeline(args.library)
+        if args.command == "materialize":
+            return materialize(args.stage, args.library)
         if args.command == "register-releases":
             return register(args.library)
         return ui(args.port)

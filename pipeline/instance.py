@@ -23,8 +23,17 @@ concurrency:
     # separation, features and training share the pool `gpu`: one of them at a time.
     # Raise it for several GPUs: `dagster instance concurrency set gpu 2` (or edit here).
     default_limit: 1
+  runs:
+    tag_concurrency_limits:
+      # runs that rewrite the catalogue-wide `clean_tracks` (a release run, catalogue_job) queue
+      # one behind the other, so none cleans the catalogue from a half-read view of another
+      - key: reconet/writes
+        value: clean_tracks
+        limit: 1
 """
 
+# the tag of the runs that rewrite `clean_tracks` (see DAGSTER_YAML)
+WRITES_CLEAN_TRACKS = {"reconet/writes": "clean_tracks"}
 LAUNCHER_TAG = "reconet/launcher"
 PID_TAG = "reconet/pid"
 HOST_TAG = "reconet/host"

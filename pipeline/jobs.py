@@ -7,6 +7,7 @@ from assets.metadata_eda import metadata_eda
 from assets.segments import features, segments
 from assets.training import evaluation, model, splits
 from assets.vocals import vocals
+from pipeline.instance import WRITES_CLEAN_TRACKS
 from pipeline.partitions import sync_release_partitions
 from pipeline.resources import ReconetSettings
 
@@ -35,7 +36,7 @@ release_job = dg.define_asset_job(
 # Catalogue-wide cleaning, once every release is read (duplicates span releases).
 catalogue_job = dg.define_asset_job(
     "catalogue_job", selection=dg.AssetSelection.assets(clean_tracks),
-    description="Clean the whole catalogue: interludes, duets, compilations, duplicates.",
+    description="Clean the whole catalogue: interludes, duets, compilations, duplicates.", tags=WRITES_CLEAN_TRACKS,
 )  # fmt: skip
 
 # Vocal isolation of one release's clean tracks.
@@ -77,6 +78,7 @@ MAIN_JOB_PHASES: tuple[tuple[str, bool], ...] = (
 process_release_job = dg.define_asset_job(
     "process_release_job", selection=dg.AssetSelection.assets(tracks, clean_tracks, vocals, segments, features),
     description="Process one new or changed release: read, clean the catalogue, separate, segment, log-mels.",
+    tags=WRITES_CLEAN_TRACKS,
 )  # fmt: skip
 
 # Catalogue-wide outputs that follow new data: every rejection, the EDA, the splits.

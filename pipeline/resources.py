@@ -26,10 +26,21 @@ class ReconetSettings(dg.ConfigurableResource):
         return config.paths(self.params(), library=self.library or None)
 
 
+def table_path(tables: Path, asset: str, partition_key: str | None = None) -> Path:
+    """Where an asset's table (or one partition of it) is stored."""
+    return tables / f"{asset}.parquet" if partition_key is None else tables / asset / scope_filename(partition_key)
+
+
+# Input metadata: read the upstream partitions that exist, leaving out (with a warning) those not
+# materialised yet, instead of failing.
+SKIP_MISSING_PARTITIONS = "skip_missing_partitions"
+
+
 class ParquetTableIOManager(dg.ConfigurableIOManager):
     """Stores pyarrow tables as Parquet: ``<base>/<asset>/<partition file>.parquet`` for
     per-release assets, ``<base>/<asset>.parquet`` otherwise. An unpartitioned asset that reads
-    a per-release one gets all its partitions concatenated."""
+    a per-release one gets all its partitions concatenated (those that exist, for an input with
+    ``SKIP_MISSING_PARTITIONS`` metadata)."""
 
     base_dir: str = ""
 
@@ -37,10 +48,7 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
         return Path(self.base_dir) if self.base_dir else config.paths().tables
 
     def _path(self, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
-        name = "/".join(asset_key.path)
-        if partition_key is None:
-            return self._base() / f"{name}.parquet"
-        return self._base() / name / scope_filename(partition_key)
+        return table_path(self._base(), "/".join(asset_key.path), partition_key)
 
     def handle_output(self, context: dg.OutputContext, obj: pa.Table | None) -> None:
         if obj is None:
@@ -52,9 +60,14 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> pa.Table:
         if not context.has_asset_partitions:
             return self._read(self._path(context.asset_key, None), context.asset_key, None)
-        tables = [
-            self._read(self._path(context.asset_key, k), context.asset_key, k) for k in context.asset_partition_keys
-        ]
+        keys = list(context.asset_partition_keys)
+        if context.definition_metadata.get(SKIP_MISSING_PARTITIONS):  # e.g. releases not read yet
+            missing = [k for k in keys if not self._path(context.asset_key, k).exists()]
+            if missing:
+                context.log.warning(f"{context.asset_key.to_user_string()}: {len(missing)} partition(s) not "
+                                    f"materialised yet, left out: {missing[:5]}")  # fmt: skip
+            keys = [k for k in keys if k not in missing]
+        tables = [self._read(self._path(context.asset_key, k), context.asset_key, k) for k in keys]
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
     @staticmethod

@@ -159,7 +159,7 @@ def test_a_new_album_dropped_into_the_library_is_processed_alone_and_training_fo
     # an album is being copied in: half of it, then the rest; it waits until the folder settles
     src = source / held_back
     files = sorted(p for p in src.iterdir() if p.is_file())
-    (library / held_back).mkdir(parents=True)
+    (library / held_back).mkdir(parents=True, exist_ok=True)  # copytree left it empty
     shutil.copy2(files[0], library / held_back / files[0].name)
     result = _tick(new_release_sensor, instance, cursor)
     assert not result.run_requests
@@ -243,3 +243,20 @@ def test_a_killed_run_gives_its_gpu_slot_back(tmp_path, monkeypatch):
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         assert storage.get_concurrency_info("gpu").claimed_slots == []
         assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED  # this process lives
+
+
+def test_executor_comes_from_params_and_a_missing_plugin_names_its_extra():
+    from ml.orchestration import OrchestrationParams
+    from pipeline.executors import executor_for
+
+    assert executor_for(OrchestrationParams()).name == "multiprocess"
+    assert executor_for(OrchestrationParams(executor="in_process")).name == "in_process"
+    configured = executor_for(OrchestrationParams(max_concurrent=2))
+    assert configured.name == "multiprocess" and configured is not dg.multiprocess_executor
+    try:
+        import dagster_dask  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"pip install -e '\.\[dask\]'"):
+            executor_for(OrchestrationParams(executor="dask"))
+    with pytest.raises(ValueError, match="orchestration.executor"):
+        OrchestrationParams.from_params({"orchestration": {"executor": "ray-on-mars"}})
