@@ -210,7 +210,10 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         history = [EpochMetrics(**h) for h in json.loads(state["history"])]
         best = {"loss": state["best_loss"], "epoch": state["best_epoch"], "weights": state["best_weights"]}
-        stale, stopped_early = state["stale_epochs"], state["finished"]
+        stale = state["stale_epochs"]
+        # judged again with today's patience: a run that ended on its epoch budget goes on when the
+        # budget is raised, an early stop stays one unless the patience is raised
+        stopped_early = stale >= settings.early_stopping_patience
         start_epoch = history[-1].epoch + 1 if history else 1
         if parallel.writes:
             logger.info(f"resuming from the checkpoint after epoch {start_epoch - 1} ({checkpointer.path})")

@@ -144,6 +144,12 @@ def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_vers
         assert (paths.reports / "evaluation" / "song" / name).exists()
     summary = json.loads((paths.reports / "metrics.json").read_text())
     assert summary["song"]["mlflow_run_id"] == out["run_id"]
+    if model_name == "crnn":
+        assert out["epochs_run"] == params["train"]["epochs"]  # ended on its budget (warm-up: no early stop)
+        params["train"]["epochs"] += 1  # a bigger budget continues the same run
+        more = train_and_log(params, paths, "song", splits, segments, features, uri, "reconet-test", register=True)
+        assert more["run_id"] == out["run_id"] and more["resumed_from_epoch"] == out["epochs_run"]
+        assert more["epochs_run"] == out["epochs_run"] + 1
 
 
 KILLED_TRAINING = """
