@@ -5,6 +5,7 @@ from collections import Counter
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from ml.splits import KINDS, SplitParams, split_segments
@@ -16,11 +17,18 @@ ALL_RELEASES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
 
 
 @dg.asset(group_name="training", io_manager_key="table_io_manager", kinds={"parquet"},
-          ins={"segments": ALL_RELEASES})  # fmt: skip
-def splits(context: dg.AssetExecutionContext, settings: ReconetSettings, segments: pa.Table) -> pa.Table:
-    """Song, album, segment (leaky, for comparison) and k-fold splits of every segment, stratified
-    by artist and seeded. Artists with too few songs or albums for a kind are left out of it."""
+          ins={"segments": ALL_RELEASES, "clean_tracks": dg.AssetIn()})  # fmt: skip
+def splits(context: dg.AssetExecutionContext, settings: ReconetSettings, segments: pa.Table,
+           clean_tracks: pa.Table) -> pa.Table:  # fmt: skip
+    """Song, album, segment (leaky, for comparison) and k-fold splits of every segment of a track
+    the catalogue still keeps, stratified by artist and seeded. Artists with too few songs or
+    albums for a kind are left out of it."""
     params = SplitParams.from_params(settings.params())
+    kept = pc.is_in(segments.column("track_id"), clean_tracks.column("track_id"))
+    dropped = segments.num_rows - pc.sum(kept).as_py() if segments.num_rows else 0
+    if dropped:  # e.g. a better copy of a song arrived with a later release: the cleaning now keeps that one
+        context.log.warning(f"{dropped} clips of tracks the cleaning no longer keeps are left out")
+        segments = segments.filter(kept)
     table, excluded = split_segments(segments, params)
     for e in excluded:
         context.log.warning(f"{e.artist} left out of the {e.kind} split: {e.reason}")
@@ -28,6 +36,7 @@ def splits(context: dg.AssetExecutionContext, settings: ReconetSettings, segment
     context.add_output_metadata(
         {
             "segments": segments.num_rows,
+            "clips_of_tracks_no_longer_kept": dropped,
             "rows_by_kind_and_split": dg.MetadataValue.json({f"{k}/{s}": n for (k, s), n in sorted(counts.items())}),
             "excluded": dg.MetadataValue.json([e.__dict__ for e in excluded]),
             "seed": params.seed,
