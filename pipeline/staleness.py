@@ -1,7 +1,8 @@
 """What each asset's output depends on besides its upstream data, and which outputs are stale.
 
 Every asset's *step version* is a digest of the params.yaml sections and the source files it runs
-(``STEP_INPUTS``; ``dvc.yaml`` lists the same for DVC, and a test keeps the two in agreement). It is
+(``STEP_INPUTS``; ``dvc.yaml`` states the same per DVC stage, more finely: by key, leaving out keys
+that only change speed, so a change of those is stale here but not for DVC). It is
 the asset's Dagster ``code_version``, so each materialisation records the version it was made with.
 An output whose recorded version differs from today's (a parameter or the code changed since), or
 that was never made, is stale; ``nightly_reprocess`` re-runs those (see README, "Automation").
