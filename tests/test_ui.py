@@ -47,6 +47,7 @@ query AssetGraph {
     groupName
     isPartitioned
     jobNames
+    assetChecksOrError { ... on AssetChecks { checks { name blocking } } }
   }
 }
 """
@@ -291,6 +292,12 @@ def test_webserver_serves_the_asset_graph_and_launches_a_release(dagster_ui, pro
     assert {key for key, n in graph.items() if n["isPartitioned"]} == PARTITIONED
     assert graph["tracks"]["groupName"] == "catalogue" and "release_job" in graph["tracks"]["jobNames"]
     assert "new_release_sensor" in dagster_ui["stopped_automation"]  # it would process every release
+    # the asset checks, under each asset's Checks tab
+    checks = {(key, c["name"], c["blocking"]) for key, n in graph.items()
+              for c in n["assetChecksOrError"].get("checks", [])}  # fmt: skip
+    assert ("features", "finite_log_mels", True) in checks
+    assert ("splits", "splits_disjoint_and_complete", True) in checks
+    assert ("evaluation", "champion_not_worse", False) in checks and len(checks) == 6
 
     # launch one release's partition of release_job, as the Launchpad's partition picker does
     release = dagster_ui["releases"][0]
