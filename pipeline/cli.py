@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -134,16 +135,16 @@ def _materialize(phases: tuple[Phase, ...], library: str | None = None) -> tuple
                 targets = {"releases": keys, "split_kinds": split_kinds}.get(phase.over, [None])
                 selection = [dg.AssetKey(name) for name in phase.assets] or None
                 label = phase.job + (f" [{', '.join(phase.assets)}]" if phase.assets else "")
-                task = progress.add_task(label, total=len(targets))
+                task = progress.add_task(escape(label), total=len(targets))
                 for key in targets:
-                    progress.update(task, description=f"{label} {key or ''}"[:60])
+                    progress.update(task, description=escape(f"{label} {key or ''}"[:60]))
                     result = job.execute_in_process(
                         instance=instance, partition_key=key, asset_selection=selection, raise_on_error=False,
                         run_config=QUIET_CONSOLE, tags=cli_run_tags(),
                     )  # fmt: skip
                     if not result.success:
-                        console.print(f"[red]{label} failed{' for ' + key if key else ''}: {_failure(result)}\n"
-                                      f"(run {result.run_id}: its full log is in the UI)[/red]")  # fmt: skip
+                        failed = f"{label} failed{' for ' + key if key else ''}: {_failure(result)}"
+                        console.print(f"[red]{escape(failed)}\n(run {result.run_id}: its full log is in the UI)[/red]")
                         return None
                     progress.advance(task)
     return paths, time.perf_counter() - started
