@@ -59,7 +59,9 @@ def new_release_sensor(context: dg.SensorEvaluationContext, settings: ReconetSet
     states = release_states(paths.library, params["library"]["audio_extensions"])
     cursor = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(releases.name))
-    processed = processed_fingerprints(context.instance, sorted(known & set(states)))
+    # what was processed: remembered in the cursor, asked of the instance only for what changed
+    done = {k: f for k, f in cursor.get("done", {}).items() if k in states and states[k].fingerprint == f}
+    processed = {**done, **processed_fingerprints(context.instance, sorted((known & set(states)) - set(done)))}
     ready, settling = ready_releases(states, cursor.get("seen", {}), processed, time.time(), orchestration.settle_s)
     new = [k for k in ready if k not in known]
     removed = sorted(known - set(states))
@@ -82,8 +84,9 @@ def new_release_sensor(context: dg.SensorEvaluationContext, settings: ReconetSet
         context.log.info(f"waiting for {len(settling)} release folder(s) to settle: {settling[:5]}")
     seen = {k: s.fingerprint for k, s in states.items()}
     skip = None if runs or partition_requests else f"nothing new ({len(states)} releases, {len(settling)} settling)"
+    done = {k: f for k, f in processed.items() if k in states and states[k].fingerprint == f}
     return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
-                           cursor=json.dumps({"seen": seen}), skip_reason=skip)  # fmt: skip
+                           cursor=json.dumps({"seen": seen, "done": done}), skip_reason=skip)  # fmt: skip
 
 
 def _latest_storage_id(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> int:
