@@ -2,7 +2,7 @@
 # Both set up what they need first (Debian packages, .venv, the project), idempotently.
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 
-.PHONY: setup run test ui
+.PHONY: setup run test ui repro
 setup:
 	@scripts/setup.sh
 
@@ -15,3 +15,7 @@ test: setup
 
 ui: setup
 	.venv/bin/reconet ui
+
+# DVC: rebuild what changed (dvc.yaml); the stages call `reconet`, found on the venv's PATH
+repro: setup
+	PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/dvc repro

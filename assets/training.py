@@ -60,7 +60,7 @@ def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: Reco
     """A vocalist classifier trained on one split kind (a partition), checkpointed every epoch
     (resumes after a kill) and recorded in MLflow; the primary kind's model (`train.split_kind`)
     becomes a new version of the registered model `reconet-vocalist`."""
-    from ml.model_run import train_and_log
+    from ml.model_run import model_dir, train_and_log
 
     params, paths = settings.params(), settings.paths()
     overrides = {k: v for k, v in (("model", config.model), ("epochs", config.epochs)) if v}
@@ -77,7 +77,8 @@ def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: Reco
         "model": outcome["model"], "best_epoch": outcome["best_epoch"], "epochs_run": outcome["epochs_run"],
         "resumed_from_epoch": outcome["resumed_from_epoch"], "val_accuracy": outcome["val_accuracy"],
         "train_seconds": round(outcome["seconds"], 1), "data_version": outcome["data_version"],
-        "classes": dg.MetadataValue.json(outcome["classes"]), "checkpoint": dg.MetadataValue.path(outcome["dir"]),
+        "classes": dg.MetadataValue.json(outcome["classes"]),
+        "checkpoint": dg.MetadataValue.path(str(model_dir(paths, outcome))),
     })  # fmt: skip
 
 

@@ -142,7 +142,9 @@ def _record(result, run_dir: Path, run_id: str, settings: TrainParams, features:
     save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(weights))
     info = {"model": settings.model, "model_options": settings.model_options, "classes": classes,
             "n_mels": features.n_mels, "kind": kind, "run_id": run_id, "data_version": version,
-            "best_epoch": result.best_epoch, "dir": str(run_dir), "version": None}  # fmt: skip
+            "best_epoch": result.best_epoch, "version": None,
+            "dir": run_dir.relative_to(run_dir.parents[2]).as_posix()}  # fmt: skip
+    # ("dir" is relative to the data folder: a moved or DVC-pulled project still finds it)
     mlflow.log_artifact(str(weights), "weights")
     mlflow.log_metric("best_epoch", result.best_epoch)
     logged = _log_mlflow_model(result.model.cpu(), val_set, features)
@@ -181,6 +183,13 @@ def _log_mlflow_model(model: torch.nn.Module, dataset: SegmentDataset, features:
     return mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature)
 
 
+def model_dir(paths: config.Paths, info: dict[str, Any]) -> Path:
+    """A trained model's folder: recorded relative to the data folder (so a project that moved, or
+    was pulled with DVC elsewhere, still finds it); absolute in older records."""
+    recorded = Path(info["dir"])
+    return recorded if recorded.is_absolute() else paths.data / recorded
+
+
 def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The latest model trained on split ``kind``, from its safetensors weights (no pickle)."""
     from safetensors.torch import load_file
@@ -190,7 +199,7 @@ def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module, dict[
         raise FileNotFoundError(f"no model trained on the {kind} split yet ({current}): materialise `model` first")
     info = json.loads(current.read_text(encoding="utf-8"))
     model = build_model(info["model"], len(info["classes"]), info["n_mels"], info["model_options"])
-    model.load_state_dict(load_file(str(Path(info["dir"]) / "model.safetensors")))
+    model.load_state_dict(load_file(str(model_dir(paths, info) / "model.safetensors")))
     return model.eval(), info
 
 
