@@ -72,14 +72,14 @@ def new_release_sensor(context: dg.SensorEvaluationContext, settings: ReconetSet
         partition_requests.append(releases.build_delete_request(removed))
         for key in removed:
             forget_scope(paths.rejected, key)
+    what = {k: "changed" if k in processed else "new" for k in ready}  # processed before, with other content
     runs = [dg.RunRequest(partition_key=k, job_name=process_release_job.name, run_key=f"{k}@{states[k].fingerprint}",
-                          tags={"reconet/trigger": "new release" if k in new else "changed release"})
-            for k in ready]  # fmt: skip
+                          tags={"reconet/trigger": f"{what[k]} release"}) for k in ready]  # fmt: skip
     if removed:  # the catalogue-wide cleaning must forget them; the retrain sensor follows
         runs.append(dg.RunRequest(job_name=catalogue_job.name, run_key="removed:" + json.dumps(removed)
                                   + f"@{time.time():.0f}", tags={"reconet/trigger": "releases removed"}))  # fmt: skip
     for key in ready:
-        context.log.info(f"{'new' if key in new else 'changed'} release {key}: {states[key].files} audio files")
+        context.log.info(f"{what[key]} release {key}: {states[key].files} audio files")
     if settling:
         context.log.info(f"waiting for {len(settling)} release folder(s) to settle: {settling[:5]}")
     seen = {k: s.fingerprint for k, s in states.items()}
