@@ -27,14 +27,31 @@ def project_root() -> Path:
     return Path(os.environ.get("RECONET_PROJECT_ROOT", PACKAGE_ROOT)).resolve()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Read params.yaml (``RECONET_PARAMS`` or ``<root>/params.yaml``)."""
     path = Path(path or os.environ.get("RECONET_PARAMS", project_root() / "params.yaml"))
     try:
         with open(path, encoding="utf-8") as f:
-            params = yaml.safe_load(f) or {}
+            params = yaml.load(f, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise FileNotFoundError(f"reconet parameters not found at {path}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid parameters: {exc}") from None
     if not isinstance(params, dict):
         raise ValueError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
     return params

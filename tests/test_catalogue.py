@@ -87,3 +87,13 @@ def test_audio_properties_are_recorded(tmp_path):
     assert (row["format"], row["codec"], row["sample_rate"], row["channels"]) == ("ogg", "vorbis", 48000, 1)
     assert row["duration_s"] == pytest.approx(5.0, abs=0.1)
     assert row["bitrate_kbps"] > 0 and row["file_size"] > 0 and not row["has_tags"]
+
+
+def test_params_with_a_key_given_twice_are_refused_naming_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: 40\n  batch_size: 32\n  epochs: 4\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"duplicate key 'epochs' \(line 4\)") as error:
+        load_params(path)
+    assert str(path) in str(error.value)
+    path.write_text("train:\n  epochs: 40\nfeatures:\n  epochs: 4\n", encoding="utf-8")  # same key, two sections
+    assert load_params(path) == {"train": {"epochs": 40}, "features": {"epochs": 4}}
