@@ -20,7 +20,7 @@ from ml.tracking import champion_report, promote_champion
 from pipeline.definitions import defs
 from pipeline.instance import cli_run_tags, release_orphaned_runs
 from pipeline.resources import MlflowTracking, ReconetSettings
-from pipeline.sensors import new_release_sensor, retrain_sensor
+from pipeline.sensors import SCHEDULES, new_release_sensor, retrain_sensor
 from pipeline.staleness import STEP_INPUTS, reprocess_requests, stale_outputs, step_version
 
 EXTENSIONS = ["mp3", "flac", "ogg", "m4a", "wav"]
@@ -194,6 +194,13 @@ def test_a_new_album_dropped_into_the_library_is_processed_alone_and_training_fo
     params["features"]["n_mels"] = 64
     stale = stale_outputs(instance, params)
     assert stale["features"] == sorted(first + [held_back]) and "segments" not in stale
+    # the nightly schedules, as the daemon evaluates them: the releases first, training after them
+    params_file.write_text(yaml.safe_dump(params))
+    schedules = {s.name: s for s in SCHEDULES}
+    context = dg.build_schedule_context(instance=instance, resources={"settings": ReconetSettings()})
+    requests = schedules["nightly_process_release"](context)
+    assert sorted(r.partition_key for r in requests) == sorted(first + [held_back])
+    assert isinstance(schedules["nightly_training"](context), dg.SkipReason)
 
 
 def _check_evaluations(instance: dg.DagsterInstance) -> list:
