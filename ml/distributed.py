@@ -43,7 +43,7 @@ from ml import config
 from ml.device import device_from_params
 from ml.features import FeatureParams
 from ml.loader import SegmentDataset
-from ml.model_run import _augmenters, _split_rows, _with_features, data_version
+from ml.model_run import augmenters_for, data_version, split_rows_of, with_features
 from ml.tables import atomic_path, read_table, write_text
 from ml.training import SingleProcess, TrainParams, dataset_sources, train
 
@@ -173,10 +173,10 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
     feature_params = FeatureParams.from_params(params)
     segments, features, splits = read_project_tables(paths)
     segments = segments.filter(pc.is_in(segments.column("segment_id"), splits.column("segment_id")))
-    table = _with_features(segments, features)
-    train_rows = _split_rows(splits, table, kind, "train")
+    table = with_features(segments, features)
+    train_rows = split_rows_of(splits, table, kind, "train")
     classes = sorted(set(train_rows.column("artist").to_pylist()), key=str)
-    val_rows = _split_rows(splits, table, kind, "val")
+    val_rows = split_rows_of(splits, table, kind, "val")
     val_rows = val_rows.filter(pc.is_in(val_rows.column("artist"), pa.array(classes)))
     if len(classes) < 2 or val_rows.num_rows == 0:
         raise ValueError(f"the {kind} split needs at least 2 artists and a validation set "
@@ -188,7 +188,7 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
     train_source, eval_source = dataset_sources(settings.model, settings.augment)
     train_set = SegmentDataset(train_rows, paths.data, classes, source=train_source)
     val_set = SegmentDataset(val_rows, paths.data, classes, source=eval_source)
-    augmenters = _augmenters(params, feature_params.sample_rate) if settings.augment else (None, None)
+    augmenters = augmenters_for(params, feature_params.sample_rate) if settings.augment else (None, None)
     logger.info(f"rank {parallel.rank}/{parallel.world_size} on {parallel.device} ({dist.get_backend()}): "
                 f"{settings.model} on the {kind} split, {len(train_set)} clips, {len(classes)} artists, "
                 f"{len(val_set)} validation clips, batches of {settings.batch_size} per process")  # fmt: skip

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 LOGGED_SECTIONS = ("train", "models", "features", "segments", "splits", "augment", "separation")
 
 
-def _with_features(segments: pa.Table, features: pa.Table) -> pa.Table:
+def with_features(segments: pa.Table, features: pa.Table) -> pa.Table:
     """The segments joined with where their cached log-mels are (same row order as ``segments``)."""
     joined = segments.join(features.select(["segment_id", "feature_file", "feature_row"]), "segment_id",
                            join_type="inner")  # fmt: skip
@@ -43,7 +43,8 @@ def _with_features(segments: pa.Table, features: pa.Table) -> pa.Table:
     return joined.sort_by("segment_id")
 
 
-def _split_rows(splits: pa.Table, segments: pa.Table, kind: str, which: str) -> pa.Table:
+def split_rows_of(splits: pa.Table, segments: pa.Table, kind: str, which: str) -> pa.Table:
+    """The segments in side ``which`` (train, val, test) of split ``kind`` (first fold)."""
     mask = pc.and_(pc.and_(pc.equal(splits.column("kind"), kind), pc.equal(splits.column("fold"), 0)),
                    pc.equal(splits.column("split"), which))  # fmt: skip
     ids = splits.filter(mask).column("segment_id")
@@ -55,7 +56,8 @@ def data_version(rows: pa.Table, features: FeatureParams) -> str:
     return hashlib.sha256(json.dumps([ids, features.digest()]).encode()).hexdigest()[:16]
 
 
-def _augmenters(params: dict[str, Any], sample_rate: int):
+def augmenters_for(params: dict[str, Any], sample_rate: int):
+    """The audio and spectrogram augmenters of params.yaml's ``augment`` section."""
     from ml.augment import AudioAugmenter, AugmentParams, SpectrogramAugmenter
 
     settings = AugmentParams.from_params(params.get("augment", {}))
@@ -77,9 +79,9 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     logger = logger or log
     settings = TrainParams.from_params(params)
     feature_params = FeatureParams.from_params(params)
-    table = _with_features(segments, features)
-    train_rows = _split_rows(split_rows, table, kind, "train")
-    val_rows = _split_rows(split_rows, table, kind, "val")
+    table = with_features(segments, features)
+    train_rows = split_rows_of(split_rows, table, kind, "train")
+    val_rows = split_rows_of(split_rows, table, kind, "val")
     classes = sorted(set(train_rows.column("artist").to_pylist()), key=str)
     val_rows = val_rows.filter(pc.is_in(val_rows.column("artist"), pa.array(classes)))
     if len(classes) < 2 or val_rows.num_rows == 0:
@@ -94,7 +96,7 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     train_source, eval_source = dataset_sources(settings.model, settings.augment)
     train_set = SegmentDataset(train_rows, paths.data, classes, source=train_source)
     val_set = SegmentDataset(val_rows, paths.data, classes, source=eval_source)
-    augmenters = _augmenters(params, feature_params.sample_rate) if settings.augment else (None, None)
+    augmenters = augmenters_for(params, feature_params.sample_rate) if settings.augment else (None, None)
     run_id_file = run_dir / "mlflow_run_id"
     previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
     logger.info(f"training {settings.model} on the {kind} split: {len(train_set)} clips, "
@@ -216,8 +218,8 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
     model, info = load_trained(paths, kind)
     device = device_from_params(params)
     model = model.to(device)
-    table = _with_features(segments, features)
-    test_rows = _split_rows(splits, table, kind, "test")
+    table = with_features(segments, features)
+    test_rows = split_rows_of(splits, table, kind, "test")
     test_rows = test_rows.filter(pc.is_in(test_rows.column("artist"), pa.array(info["classes"])))
     if test_rows.num_rows == 0:
         raise ValueError(f"the {kind} split has no test clips")
