@@ -17,7 +17,7 @@ from ml import config
 from ml.device import pick_device
 from ml.separation import SeparationInput, SeparationParams, assess, separate_with_torch
 from ml.stems import StemCache
-from ml.unet import CHUNK_SAMPLES, FRAME_LENGTH, SpleeterSeparator, load_spleeter, separate_array
+from ml.unet import CHUNK_SAMPLES, FRAME_LENGTH, SpleeterSeparator, load_spleeter, separate_array, subpixel_weight
 from tests.conftest import make_tone
 
 CPU = torch.device("cpu")
@@ -98,6 +98,31 @@ def test_the_sung_phrases_land_in_the_vocal_stem(separator, small_library):
     # the vocal stem is loud where the voice sings and quiet in the gaps; the backing stays in the other stem
     assert 10 * np.log10(energy(vocals, sung) / energy(vocals, ~sung)) > 15
     assert energy(accompaniment, ~sung) > 10 * energy(vocals, ~sung)
+
+
+@pytest.mark.parametrize(("cin", "cout", "h", "w"), [(3, 2, 5, 7), (8, 1, 6, 4), (1, 4, 1, 1)])
+def test_the_subpixel_decoder_equals_the_transposed_convolution(cin, cout, h, w):
+    """The speed-up of the decoder changes no sum: a 5×5 stride-2 transposed convolution with TF's
+    'same' crop equals a 3×3 convolution with 4× the channels and a pixel shuffle."""
+    gen = torch.Generator().manual_seed(cin * 100 + cout)
+    weight, bias = torch.randn(cin, cout, 5, 5, generator=gen), torch.randn(cout, generator=gen)
+    x = torch.randn(2, cin, h, w, generator=gen)
+    expected = torch.nn.functional.conv_transpose2d(x, weight, bias, stride=2)[:, :, 1 : 2 * h + 1, 1 : 2 * w + 1]
+    conv = torch.nn.functional.conv2d(x, subpixel_weight(weight), bias.repeat_interleave(4), padding=1)
+    got = torch.nn.functional.pixel_shuffle(conv, 2)
+    assert got.shape == expected.shape == (2, cout, 2 * h, 2 * w)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_new_weights_replace_the_derived_decoder_weights(weights):
+    """The derived sub-pixel weights follow the module's weights (load_state_dict, .to())."""
+    model = load_spleeter(weights, CPU)
+    x = torch.rand(1, 2, 64, 128)
+    with torch.inference_mode():
+        before = model.vocals(x)
+        model.vocals.load_state_dict(model.accompaniment.state_dict())
+        assert torch.equal(model.vocals(x), model.accompaniment(x))
+        assert not torch.allclose(before, model.vocals(x))
 
 
 def test_a_weight_file_of_another_model_is_refused(tmp_path):
