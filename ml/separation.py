@@ -15,7 +15,10 @@ inputs, and instrumentals (a vocal stem that stays quiet for nearly all the trac
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -57,7 +60,7 @@ VOCALS_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class SeparationParams:
     backend: str = "torch"
-    batch_chunks: int = 4  # 512-frame chunks (≈ 11.9 s each) per network call
+    batch_chunks: int = 0  # 512-frame chunks (≈ 11.9 s each) per network call; 0: by device (ml/unet.py)
     half_precision: bool = False  # CUDA only
     silent_below_dbfs: float = -60.0  # a whole mix quieter than this is silence
     vocal_frame_db: float = -20.0  # a 100 ms frame has vocals when its vocal level is within this of the mix's
@@ -104,6 +107,142 @@ def checkpoint_sha256(model_dir: Path) -> str:
 # --------------------------------------------------------------------------- torch backend
 
 
+def _put_until(q: queue.Queue, item: Any, stopping: threading.Event, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Put ``item`` into the bounded ``q``, waiting while it is full; False if ``stopping`` is set
+    (or ``alive()`` turns false) first."""
+    while not stopping.is_set() and alive():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+class _DecodeAhead(threading.Thread):
+    """Decodes the tracks in order, in a background thread, a few blocks ahead of the network.
+
+    :meth:`blocks` gives one track's stereo 44.1 kHz blocks; tracks must be read in order and to
+    the end (the separator does). A track ffmpeg cannot decode ends early and is recorded in
+    ``failures``."""
+
+    def __init__(self, tracks: Sequence[SeparationInput], failures: dict[str, Failure], depth: int = 8) -> None:
+        super().__init__(name="reconet-decode", daemon=True)
+        self._tracks = list(tracks)
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)  # depth × 2^18 frames × 8 bytes: 16 MiB
+        self._stopping = threading.Event()
+        self._failures = failures
+
+    def _put(self, item: tuple) -> bool:
+        return _put_until(self._queue, item, self._stopping)
+
+    def run(self) -> None:
+        from ml.audio import AudioDecodeError, stream_audio, to_stereo
+
+        for track in self._tracks:
+            end: BaseException | None = None
+            try:
+                with contextlib.closing(stream_audio(track.path, STEM_SAMPLE_RATE)) as blocks:
+                    for block in blocks:
+                        if not self._put((track.track_id, to_stereo(block))):
+                            return  # stopped: closing() ends ffmpeg
+            except AudioDecodeError as exc:
+                self._failures[track.track_id] = Failure(track.track_id, "undecodable", str(exc))
+            except BaseException as exc:  # anything else is the caller's error, as without read-ahead
+                end = exc
+            if not self._put((track.track_id, end)):
+                return
+
+    def blocks(self, track_id: str) -> Iterator[np.ndarray]:
+        while True:
+            try:
+                key, item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if self.is_alive():
+                    continue
+                raise RuntimeError(f"the decoding thread ended before {track_id} was read") from None
+            assert key == track_id, f"read-ahead out of order: {key} while reading {track_id}"
+            if isinstance(item, np.ndarray):
+                yield item
+                continue
+            if item is not None:
+                raise item
+            return
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+
+
+class _WriteBehind(threading.Thread):
+    """Writes the separated blocks into their cache entries, in order, in a background thread,
+    and commits each finished track. An error there is raised in the caller at its next
+    :meth:`put` or at :meth:`finish`."""
+
+    def __init__(self, cache: StemCache, failures: dict[str, Failure], device: Any, depth: int = 4) -> None:
+        super().__init__(name="reconet-write", daemon=True)
+        self.cache, self.failures, self.device = cache, failures, device
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.writers: dict[str, Any] = {}
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()  # (track_id, entry or None), for the caller to log
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                block = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if block is None:
+                return
+            try:
+                self._write(block)
+            except BaseException as exc:
+                self.error = exc
+                return
+
+    def _write(self, block: Any) -> None:
+        track_id = block.key
+        if track_id not in self.writers:
+            self.writers[track_id] = self.cache.writer(track_id)
+        self.writers[track_id].write(block.vocals, block.accompaniment, block.mix)
+        if not block.last:
+            return
+        writer = self.writers.pop(track_id)
+        if track_id in self.failures:
+            writer.abort()
+            self.finished.put((track_id, None))
+            return
+        entry = writer.commit(
+            {"track_id": track_id, "backend": "torch", "model_sha256": self.cache.model_sha256,
+             "model": "spleeter 2stems (PyTorch port)", "device": str(self.device)}
+        )  # fmt: skip
+        self.finished.put((track_id, entry))
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, block: Any) -> None:
+        if not _put_until(self._queue, block, self._stopping, self.is_alive):
+            self._raise_error()
+            raise RuntimeError("the stem writer stopped early")
+
+    def finish(self) -> None:
+        self.put(None)
+        self.join()
+        self._raise_error()
+
+    def stop(self) -> None:
+        """End early (the caller failed): no partial entry is left."""
+        self._stopping.set()
+        self.join()
+        for writer in self.writers.values():
+            writer.abort()
+        self.writers.clear()
+
+
 def separate_with_torch(
     tracks: Sequence[SeparationInput],
     cache: StemCache,
@@ -111,10 +250,12 @@ def separate_with_torch(
     device: Any,
     settings: SeparationParams,
     logger: logging.Logger | Any = None,
-    on_done: Callable[[int, int], None] | None = None,
 ) -> list[Failure]:
-    """Separate ``tracks`` into ``cache``; a track that cannot be decoded becomes a Failure."""
-    from ml.audio import AudioDecodeError, stream_audio, to_stereo
+    """Separate ``tracks`` into ``cache``; a track that cannot be decoded becomes a Failure.
+
+    Three stages overlap: a thread decodes the next blocks (ffmpeg), the calling thread runs the
+    network, and a thread encodes and commits the stems. Each holds at most a few blocks, so
+    memory stays bounded whatever the lengths."""
     from ml.unet import SpleeterSeparator, load_spleeter
 
     logger = logger or log
@@ -123,47 +264,41 @@ def separate_with_torch(
     model = load_spleeter(weights, device, half=settings.half_precision)
     separator = SpleeterSeparator(model, device, batch_chunks=settings.batch_chunks)
     failures: dict[str, Failure] = {}
-
-    def blocks(track: SeparationInput) -> Iterator[np.ndarray]:
-        try:
-            for block in stream_audio(track.path, STEM_SAMPLE_RATE):
-                yield to_stereo(block)
-        except AudioDecodeError as exc:
-            failures[track.track_id] = Failure(track.track_id, "undecodable", str(exc))
-
     by_id = {t.track_id: t for t in tracks}
-    writers: dict[str, Any] = {}
     started, audio_s, done = time.perf_counter(), 0.0, 0
-    try:
-        for block in separator.separate((t.track_id, blocks(t)) for t in tracks):
-            track_id = block.key
-            if track_id not in writers:
-                writers[track_id] = cache.writer(track_id)
-            writers[track_id].write(block.vocals, block.accompaniment, block.mix)
-            if not block.last:
-                continue
-            writer = writers.pop(track_id)
+
+    def report_finished() -> None:
+        nonlocal audio_s, done
+        while True:
+            try:
+                track_id, entry = writer.finished.get_nowait()
+            except queue.Empty:
+                return
             done += 1
-            track = by_id[track_id]
-            if track_id in failures:
-                writer.abort()
-                logger.warning(f"[{done}/{len(tracks)}] {track.path.name}: {failures[track_id].detail}")
-            else:
-                entry = writer.commit(
-                    {"track_id": track_id, "backend": "torch", "model_sha256": cache.model_sha256,
-                     "model": "spleeter 2stems (PyTorch port)", "device": str(device)}
-                )  # fmt: skip
-                audio_s += entry.meta["duration_s"]
-                elapsed = time.perf_counter() - started
-                logger.info(
-                    f"[{done}/{len(tracks)}] {track.path.name}: {entry.meta['duration_s']:.0f} s of audio "
-                    f"(so far {audio_s / 60:.1f} min in {elapsed:.0f} s, {audio_s / max(elapsed, 1e-9):.1f}× realtime)"
-                )
-            if on_done:
-                on_done(done, len(tracks))
+            name = by_id[track_id].path.name
+            if entry is None:
+                logger.warning(f"[{done}/{len(tracks)}] {name}: {failures[track_id].detail}")
+                continue
+            audio_s += entry.meta["duration_s"]
+            elapsed = time.perf_counter() - started
+            logger.info(
+                f"[{done}/{len(tracks)}] {name}: {entry.meta['duration_s']:.0f} s of audio "
+                f"(so far {audio_s / 60:.1f} min in {elapsed:.0f} s, {audio_s / max(elapsed, 1e-9):.1f}× realtime)"
+            )
+
+    reader = _DecodeAhead(tracks, failures)
+    writer = _WriteBehind(cache, failures, device)
+    reader.start()
+    writer.start()
+    try:
+        for block in separator.separate((t.track_id, reader.blocks(t.track_id)) for t in tracks):
+            writer.put(block)
+            report_finished()
+        writer.finish()
+        report_finished()
     finally:
-        for writer in writers.values():  # an interrupted batch leaves no partial entry
-            writer.abort()
+        reader.stop()
+        writer.stop()  # after finish(): nothing left to abort
     return list(failures.values())
 
 

@@ -106,6 +106,7 @@ class SpleeterUNet(nn.Module):
         deconv = self.decoder[i]
         key = (deconv.weight.data_ptr(), deconv.weight.dtype, deconv.weight.device, deconv.weight._version)
         cached = self._subpixel.get(i)
+        channels_last = torch.channels_last
         if cached is None or cached[0] != key:
             with torch.no_grad():
                 weight = subpixel_weight(deconv.weight)
@@ -115,7 +116,7 @@ class SpleeterUNet(nn.Module):
                 else:
                     phases = weight.reshape(cout, 2, 2, *weight.shape[1:])
                     derived = {
-                        (row, col): phases[:, row, col, :, : 2 + row, : 2 + col].contiguous(memory_format=torch.channels_last)
+                        (row, col): phases[:, row, col, :, : 2 + row, : 2 + col].contiguous(memory_format=channels_last)
                         for row in (0, 1)
                         for col in (0, 1)
                     }
@@ -139,15 +140,15 @@ class SpleeterUNet(nn.Module):
             left, right = _same_pad(x.shape[3], 5, 2)
             conv_out = conv(F.pad(x, (left, right, top, bottom)))
             skips.append(conv_out)  # Spleeter concatenates the pre-norm convolution outputs
-            x = F.leaky_relu(norm(conv_out), 0.2) if i < len(self.encoder) - 1 else conv_out
+            x = F.leaky_relu(norm(conv_out), 0.2, inplace=True) if i < len(self.encoder) - 1 else conv_out
         for i, norm in enumerate(self.decoder_norm):
-            x = norm(F.relu(self._upsample(i, x)))  # dropout: identity at inference
+            x = norm(F.relu(self._upsample(i, x), inplace=True))  # dropout: identity at inference
             if i < len(self.decoder) - 1:
                 x = torch.cat([skips[-2 - i], x], dim=1)
         top, bottom = _same_pad(x.shape[2], 4, 1, dilation=2)
         left, right = _same_pad(x.shape[3], 4, 1, dilation=2)
-        mask = torch.sigmoid(self.mask(F.pad(x, (left, right, top, bottom))))
-        return (mask * magnitude).contiguous()
+        mask = self.mask(F.pad(x, (left, right, top, bottom))).sigmoid_()
+        return mask * magnitude
 
 
 class Spleeter2Stems(nn.Module):
@@ -229,13 +230,20 @@ class SeparatedBlock:
     last: bool
 
 
+def default_batch_chunks(device: torch.device) -> int:
+    """Chunks per network call when params say 0 (auto). On CPU one chunk at a time is fastest
+    (its activations stay in cache: 1.3× faster than 4 on this project's 2-core machine); a GPU
+    wants several, from one or more tracks, to fill it."""
+    return 8 if torch.device(device).type == "cuda" else 1
+
+
 class SpleeterSeparator:
     """Separates files in a stream: chunks of several files share a batch; output comes in blocks."""
 
-    def __init__(self, model: Spleeter2Stems, device: torch.device, batch_chunks: int = 4) -> None:
+    def __init__(self, model: Spleeter2Stems, device: torch.device, batch_chunks: int = 0) -> None:
         self.model = model
         self.device = device
-        self.batch_chunks = max(1, batch_chunks)
+        self.batch_chunks = batch_chunks if batch_chunks > 0 else default_batch_chunks(device)
         self.dtype = next(model.parameters()).dtype
         self.window = torch.hann_window(FRAME_LENGTH, periodic=True, device=device)
         self.synthesis_window = self.window * (2.0 / 3.0)  # Spleeter's inverse STFT scales the overlap-add by 2/3

@@ -217,3 +217,30 @@ def test_a_killed_separation_leaves_no_partial_stem_and_a_rerun_completes(weight
     assert failures == [] and entry is not None
     assert abs(sf.info(entry.vocals).duration - 240.0) < 0.01
     assert entry.activity().shape == (2, 2400)
+
+
+def test_a_failing_stem_write_stops_the_batch_and_leaves_no_partial_entry(weights, tmp_path, monkeypatch):
+    """Decoding and writing run beside the network: an error in the writer (a full disk, say)
+    reaches the caller, no entry is left half-written, and no helper thread keeps running."""
+    import threading
+
+    from ml.stems import StemWriter
+
+    first = make_tone(tmp_path / "first.flac", "flac", seconds=30.0)
+    second = make_tone(tmp_path / "second.flac", "flac", seconds=30.0, freq=330.0)
+    cache = StemCache(tmp_path / "stems", "torch", "0" * 64)
+    real_write, calls = StemWriter.write, []
+
+    def write_until_the_disk_fills(self, *blocks):
+        calls.append(self.final_dir.name)
+        if len(calls) > 2:
+            raise OSError(28, "No space left on device")
+        real_write(self, *blocks)
+
+    monkeypatch.setattr(StemWriter, "write", write_until_the_disk_fills)
+    todo = [SeparationInput("first", first), SeparationInput("second", second)]
+    with pytest.raises(OSError, match="No space left"):
+        separate_with_torch(todo, cache, weights, CPU, SeparationParams())
+    assert cache.get("first") is None and cache.get("second") is None
+    assert not list((tmp_path / "stems").rglob(".*.tmp-*")), "a partial entry was left behind"
+    assert not [t for t in threading.enumerate() if t.name in ("reconet-decode", "reconet-write")]
