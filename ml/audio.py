@@ -23,6 +23,14 @@ def _ffmpeg_missing() -> RuntimeError:
     return RuntimeError("ffmpeg is not installed (the project's setup installs it: see README)")
 
 
+def _ffmpeg_reason(stderr: str, path: str | Path, default: str) -> str:
+    """The last line ffmpeg/ffprobe wrote, without the file name it starts with."""
+    lines = stderr.strip().splitlines()
+    if not lines:
+        return default
+    return lines[-1].removeprefix(f"{path}: ").strip() or default
+
+
 def probe_channels(path: str | Path) -> int:
     """Channel count of the first audio stream."""
     cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=channels", "-of", "json",
@@ -34,8 +42,8 @@ def probe_channels(path: str | Path) -> int:
     try:
         channels = int(json.loads(proc.stdout)["streams"][0]["channels"])
     except (ValueError, KeyError, IndexError):
-        reason = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no audio stream"]
-        raise AudioDecodeError(f"{path}: cannot read its audio stream: {reason[0]}") from None
+        reason = _ffmpeg_reason(proc.stderr.decode("utf-8", "replace"), path, "no audio stream")
+        raise AudioDecodeError(f"{path}: cannot read its audio stream: {reason}") from None
     if channels < 1:  # what ffprobe reports for some damaged files
         raise AudioDecodeError(f"{path}: its audio stream has no channels (damaged file)")
     return channels
@@ -76,8 +84,8 @@ def stream_audio(
             yield np.frombuffer(pending[:usable], dtype="<f4").reshape(-1, channels)
         stderr = proc.stderr.read().decode("utf-8", "replace")
         if proc.wait() != 0:
-            reason = stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-            raise AudioDecodeError(f"{path}: ffmpeg cannot decode it: {reason[0]}")
+            reason = _ffmpeg_reason(stderr, path, f"exit code {proc.returncode}")
+            raise AudioDecodeError(f"{path}: ffmpeg cannot decode it: {reason}")
     finally:
         if proc.poll() is None:
             proc.kill()
