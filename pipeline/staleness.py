@@ -1,8 +1,8 @@
 """What each asset's output depends on besides its upstream data, and which outputs are stale.
 
 Every asset's *step version* is a digest of the params.yaml sections and the source files it runs
-(``STEP_INPUTS``; ``dvc.yaml`` states the same per DVC stage, more finely: by key, leaving out keys
-that only change speed, so a change of those is stale here but not for DVC). It is
+(``STEP_INPUTS``, less the keys that only change speed, ``SPEED_ONLY_KEYS``, as ``dvc.yaml``
+leaves them out of its stages' params). It is
 the asset's Dagster ``code_version``, so each materialisation records the version it was made with.
 An output whose recorded version differs from today's (a parameter or the code changed since), or
 that was never made, is stale; ``nightly_reprocess`` re-runs those (see README, "Automation").
@@ -38,6 +38,13 @@ STEP_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "evaluation": (("features", "train", "models"), ("ml/evaluation.py", "ml/model_run.py", "assets/training.py")),
 }  # fmt: skip
 
+# params.yaml keys that change how fast a step runs, not what it makes (dvc.yaml leaves them out too)
+SPEED_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "catalogue": ("workers",),
+    "separation": ("batch_chunks",),
+    "features": ("batch_size",),
+}
+
 PER_RELEASE = ("tracks", "vocals", "segments", "features")
 
 
@@ -50,7 +57,13 @@ def step_version(asset: str, params: dict[str, Any], root: Path | None = None) -
     """Digest of ``asset``'s params.yaml sections and source files, as they are now."""
     root = root or config.PACKAGE_ROOT
     sections, sources = STEP_INPUTS[asset]
-    digest = hashlib.sha256(json.dumps({s: params.get(s) for s in sections}, sort_keys=True, default=str).encode())
+    values = {}
+    for section in sections:
+        value = params.get(section)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in SPEED_ONLY_KEYS.get(section, ())}
+        values[section] = value
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode())
     for relative in sources:
         for path in _files(root, relative):
             digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())

@@ -81,6 +81,11 @@ def test_step_versions_follow_params_and_code(tmp_path):
     params["features"]["n_mels"] += 1
     after = {asset: step_version(asset, params) for asset in STEP_INPUTS}
     assert {a for a in STEP_INPUTS if before[a] != after[a]} == {"features", "model", "evaluation"}
+    # keys that only change speed make nothing stale (as for DVC)
+    params["features"]["batch_size"] *= 2
+    params["separation"]["batch_chunks"] += 3
+    params["catalogue"]["workers"] += 1
+    assert {asset: step_version(asset, params) for asset in STEP_INPUTS} == after
     # a stale release re-runs that release; a stale training, its split kinds
     stale = {"features": ["B/y"], "model": ["song"]}
     requests = reprocess_requests(stale, ["A/x", "B/y"])
