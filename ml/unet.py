@@ -91,7 +91,8 @@ class SpleeterUNet(nn.Module):
         self.decoder = nn.ModuleList(nn.ConvTranspose2d(i, o, 5, stride=2) for i, o in zip(ins, outs, strict=True))
         self.decoder_norm = nn.ModuleList(nn.BatchNorm2d(o, eps=1e-3) for o in outs)
         self.mask = nn.Conv2d(1, in_channels, 4, dilation=2)
-        self._subpixel: dict[int, tuple] = {}  # decoder i -> (weight's identity, weight, bias)
+        # decoder i -> (its weight's identity, derived kernels: a (weight, bias) pair or {phase: kernel})
+        self._subpixel: dict[int, tuple] = {}
 
     def _upsample(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Decoder ``i``'s transposed convolution with TF's 'same' crop, done as ordinary convolutions
@@ -106,13 +107,13 @@ class SpleeterUNet(nn.Module):
         deconv = self.decoder[i]
         key = (deconv.weight.data_ptr(), deconv.weight.dtype, deconv.weight.device, deconv.weight._version)
         cached = self._subpixel.get(i)
-        channels_last = torch.channels_last
+        channels_last = torch.channels_last  # oneDNN's fast layout on CPU
         if cached is None or cached[0] != key:
             with torch.no_grad():
                 weight = subpixel_weight(deconv.weight)
                 cout = deconv.out_channels
                 if cout == 1:
-                    derived = (weight.contiguous(memory_format=torch.channels_last), deconv.bias.repeat_interleave(4))
+                    derived = (weight.contiguous(memory_format=channels_last), deconv.bias.repeat_interleave(4))
                 else:
                     phases = weight.reshape(cout, 2, 2, *weight.shape[1:])
                     derived = {
@@ -126,7 +127,7 @@ class SpleeterUNet(nn.Module):
             return F.pixel_shuffle(F.conv2d(x, *derived, padding=1), 2)
         batch, _, h, w = x.shape
         out = torch.empty((batch, deconv.out_channels, 2 * h, 2 * w), dtype=x.dtype, device=x.device,
-                          memory_format=torch.channels_last)  # fmt: skip
+                          memory_format=channels_last)  # fmt: skip
         for (row, col), kernel in derived.items():
             # a 2-tap phase reads inputs q-1, q: padding 1 gives one extra output at the end
             out[:, :, row::2, col::2] = F.conv2d(x, kernel, deconv.bias, padding=1)[:, :, :h, :w]
@@ -284,7 +285,7 @@ class SpleeterSeparator:
         x = torch.from_numpy(np.stack([c.samples for c in chunks])).to(self.device).transpose(1, 2)
         frames = x.unfold(-1, FRAME_LENGTH, FRAME_STEP) * self.window  # (B, 2, T, L)
         low = torch.fft.rfft(frames, dim=-1)[..., :MODEL_BINS]  # (B, 2, T, F): the bins the network sees
-        masks = torch.stack(self.model(low.abs().to(self.dtype)), dim=1).float()  # (B, stems, 2, T, F)
+        masks = torch.stack(self.model(low.abs().to(self.dtype)), dim=1)  # (B, stems, 2, T, F), float32
         # mask_extension: zeros above the network's bins (irfft zero-pads the spectrum up to L/2+1)
         stem_frames = torch.fft.irfft(masks * low.unsqueeze(1), n=FRAME_LENGTH, dim=-1)  # (B, stems, 2, T, L)
         stem_frames *= self.synthesis_window
