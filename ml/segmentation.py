@@ -221,7 +221,7 @@ def segment_release(
     release's current table points to (``in_use``, relative to ``data_dir``): a run killed before
     its table is written leaves the old table and its files intact. Other files of the release
     (older generations, leftovers of killed runs) are removed."""
-    from ml.audio import AudioDecodeError, load_audio
+    from ml.audio import AudioDecodeError, load_audio, to_mono
     from ml.tables import REJECTED_SCHEMA, atomic_path, table_from_rows
 
     folder = data_dir / "segments"
@@ -262,7 +262,7 @@ def segment_release(
                              "stage": "segments", "reason": reason, "detail": detail})  # fmt: skip
 
         try:
-            vocal = load_audio(stems_root / track["vocals_path"], settings.sample_rate, stereo=False).mean(axis=1)
+            vocal = to_mono(load_audio(stems_root / track["vocals_path"], settings.sample_rate, stereo=False))
             accompaniment = load_audio(stems_root / track["accompaniment_path"], settings.sample_rate, stereo=False)
         except AudioDecodeError as exc:  # a damaged stem cache entry: this track only
             reject("unreadable_stem", f"{exc} (delete the entry under the stem cache to separate it again)")
@@ -275,7 +275,7 @@ def segment_release(
         if rows_in_shard + len(clips) > shard_rows and rows_in_shard:
             flush()
             rows_in_shard = 0
-        accompaniment = accompaniment.mean(axis=1)
+        accompaniment = to_mono(accompaniment)
         pending["vocals"].append(pack(vocal, clips, size))
         pending["accompaniment"].append(pack(accompaniment, clips, size))
         vocals_file = (folder / f"{out_stem}.vocals.{shard:03d}.npy").relative_to(data_dir).as_posix()

@@ -42,25 +42,36 @@ def _db(energy: np.ndarray | float, count: np.ndarray | float) -> np.ndarray:
 
 
 class _FrameEnergy:
-    """Sum of squares of a mono signal per ACTIVITY_FRAME samples, fed in blocks of any size."""
+    """Sum of squares of a mono signal per ACTIVITY_FRAME samples, fed in blocks of any size.
+
+    Squares are summed in float32 within a frame (4,410 samples: a relative error near 1e-6, far
+    below what a dB figure shows) and in float64 across frames."""
 
     def __init__(self) -> None:
-        self.carry = np.zeros(0, np.float64)
+        self.carry = np.zeros(0, np.float32)
         self.frames: list[np.ndarray] = []
-        self.total = 0.0
         self.samples = 0
 
     def add(self, mono: np.ndarray) -> None:
-        x = np.concatenate([self.carry, mono.astype(np.float64)])
+        mono = np.asarray(mono, np.float32)
+        x = np.concatenate([self.carry, mono]) if len(self.carry) else mono
         n = len(x) // ACTIVITY_FRAME * ACTIVITY_FRAME
         if n:
-            self.frames.append(np.square(x[:n]).reshape(-1, ACTIVITY_FRAME).sum(axis=1))
-        self.carry = x[n:]
-        self.total += float(np.square(mono, dtype=np.float64).sum())
+            whole = x[:n].reshape(-1, ACTIVITY_FRAME)
+            self.frames.append(np.einsum("ij,ij->i", whole, whole).astype(np.float64))
+        self.carry = x[n:].copy()
         self.samples += len(mono)
 
+    def _energies(self) -> list[np.ndarray]:
+        tail = [np.array([np.dot(self.carry, self.carry)], np.float64)] if len(self.carry) else []
+        return self.frames + tail
+
+    @property
+    def total(self) -> float:
+        return float(sum(e.sum() for e in self._energies()))
+
     def frame_db(self) -> np.ndarray:
-        energies = self.frames + ([np.array([np.square(self.carry).sum()])] if len(self.carry) else [])
+        energies = self._energies()
         counts = [np.full(len(e), ACTIVITY_FRAME) for e in self.frames]
         if len(self.carry):
             counts.append(np.array([len(self.carry)]))
@@ -109,8 +120,9 @@ class StemWriter:
         for name, block in (("vocals", vocals), ("accompaniment", accompaniment)):
             self._clipped += int(np.count_nonzero(np.abs(block) > 1.0))
             self._files[name].write(np.clip(block, -1.0, 1.0))
-        self._vocal_energy.add(vocals.mean(axis=1))
-        self._mix_energy.add(mix.mean(axis=1))
+        # the stereo mean as a column sum: mean(axis=1) over a two-wide axis is 20x slower
+        self._vocal_energy.add((vocals[:, 0] + vocals[:, 1]) * 0.5)
+        self._mix_energy.add((mix[:, 0] + mix[:, 1]) * 0.5)
 
     def commit(self, meta: dict[str, Any]) -> StemEntry:
         for f in self._files.values():

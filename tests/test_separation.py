@@ -244,3 +244,37 @@ def test_a_failing_stem_write_stops_the_batch_and_leaves_no_partial_entry(weight
     assert cache.get("first") is None and cache.get("second") is None
     assert not list((tmp_path / "stems").rglob(".*.tmp-*")), "a partial entry was left behind"
     assert not [t for t in threading.enumerate() if t.name in ("reconet-decode", "reconet-write")]
+
+
+def test_the_cpu_transforms_equal_torch_fft(separator):
+    """On the CPU the STFT goes through scipy's FFT; it must give torch.fft's transform."""
+    frames = torch.from_numpy(_music(3.0)[:, 0].copy()).unfold(0, FRAME_LENGTH, 1024)
+    spectrum = separator._rfft(frames)
+    assert torch.allclose(spectrum, torch.fft.rfft(frames, dim=-1), atol=1e-3)
+    assert torch.allclose(separator._irfft(spectrum), frames, atol=1e-5)
+
+
+def test_the_stem_entry_levels_match_a_float64_reference(tmp_path):
+    """Levels are summed in float32 within a 100 ms frame: the dB figures must still be exact."""
+    from ml.audio import to_mono
+    from ml.stems import ACTIVITY_FRAME, StemWriter
+
+    mix = _music(7.3, seed=3)
+    mix[: SR // 2] = 0.0  # a silent start: frames at the floor
+    vocals = 0.3 * mix + 0.01
+    writer = StemWriter(tmp_path / "entry")
+    for start, stop in ((0, 1000), (1000, 50_000), (50_000, 50_001), (50_001, len(mix))):  # blocks of any size
+        writer.write(vocals[start:stop], mix[start:stop] - vocals[start:stop], mix[start:stop])
+    entry = writer.commit({})
+
+    def frame_db(signal: np.ndarray) -> np.ndarray:
+        mono = signal.astype(np.float64).mean(axis=1)
+        edges = range(0, len(mono), ACTIVITY_FRAME)
+        rms = np.array([np.sqrt(np.mean(mono[i : i + ACTIVITY_FRAME] ** 2)) for i in edges])
+        return np.maximum(20 * np.log10(np.maximum(rms, 1e-12)), -120.0)
+
+    assert np.array_equal(to_mono(mix), mix.mean(axis=1))
+    assert np.allclose(entry.activity(), [frame_db(vocals), frame_db(mix)], atol=1e-3)
+    energy = {name: np.sum(s.astype(np.float64).mean(axis=1) ** 2) for name, s in (("v", vocals), ("m", mix))}
+    assert entry.meta["vocal_to_mix_db"] == pytest.approx(10 * np.log10(energy["v"] / energy["m"]), abs=1e-4)
+    assert entry.meta["mix_dbfs"] == pytest.approx(10 * np.log10(energy["m"] / len(mix)), abs=1e-4)
