@@ -1,6 +1,6 @@
 """Separation benchmark: the official Spleeter against the PyTorch port, on the same files, in one run.
 
-    .venv/bin/python benchmarks/separation.py [--real-audio ../shared/real-audio] [--long-minutes 60]
+    .venv/bin/python benchmarks/separation.py [--real-audio ../shared/real-audio] [--rounds 3] [--long-minutes 60]
 
 Reports, for each backend (each in its own child process, so its peak memory is its own):
 
@@ -10,6 +10,9 @@ Reports, for each backend (each in its own child process, so its peak memory is 
   Python API (``Separator.separate`` per file, which rebuilds the graph and restores the weights on
   every call) and reconet's Pipes worker (``pipeline/spleeter_worker.py``: the official graph
   built once per batch);
+* the machine is shared and noisy (±15 % from one run to the next here), so the backends run in
+  ``--rounds`` rounds, one after the other in a rotating order; each round gives its own ratios
+  (its runs are minutes apart at most), and the report gives every round and the medians;
 * peak resident memory (the child's ru_maxrss) on that batch and, for the torch backend, on one
   long file (a real song looped to ``--long-minutes``);
 * quality on the SiSEC 2011 excerpts: SNR between the two backends' vocals, and each backend's
@@ -24,6 +27,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,12 +130,44 @@ def run_backend(backend: str, files: list[Path], work: Path, model_sha: str, dev
     cache = StemCache(cache_root, "spleeter" if backend == "spleeter" else "torch", model_sha)
     return {
         "backend": backend, "device": device, "files": len(files), "audio_s": round(audio_s, 1),
-        "wall_s": round(wall, 1), "separation_s": round(separation_s, 1),
+        "wall_s": round(wall, 2), "separation_s": round(separation_s, 2),
         "audio_s_per_s_end_to_end": round(audio_s / wall, 2),
         "audio_s_per_s_separation": round(audio_s / separation_s, 2),
         "peak_rss_mib": rss,
         "stems": {t["path"]: str(cache.entry_dir(t["track_id"])) for t in tracks},
     }  # fmt: skip
+
+
+BASELINES = {"official_api": "spleeter-api", "official_pipes_worker": "spleeter"}
+
+
+def throughput(songs: list[Path], work: Path, model_sha: str, rounds: int) -> dict:
+    """Every backend once per round, in a rotating order; the torch / official ratios of each round
+    and their medians, and each backend's median figures (peak memory: the largest)."""
+    backends = ["spleeter-api", "spleeter", "torch"]
+    runs: dict[str, list[dict]] = {b: [] for b in backends}
+    for r in range(rounds):
+        order = backends[r % len(backends) :] + backends[: r % len(backends)]
+        print(f"throughput round {r + 1}/{rounds}: {len(songs)} jamendo songs, {' then '.join(order)}", file=sys.stderr)
+        for backend in order:
+            run = run_backend(backend, songs, work / f"round-{r}", model_sha)
+            run.pop("stems")
+            runs[backend].append(run)
+        shutil.rmtree(work / f"round-{r}")
+    out: dict = {"rounds": rounds, "throughput": []}
+    for rows in runs.values():
+        summary = {k: rows[0][k] for k in ("backend", "device", "files", "audio_s")}
+        for key in ("wall_s", "separation_s", "audio_s_per_s_end_to_end", "audio_s_per_s_separation"):
+            summary[key] = round(statistics.median(row[key] for row in rows), 2)
+        summary["peak_rss_mib"] = max(row["peak_rss_mib"] for row in rows)
+        summary["per_round_audio_s_per_s_end_to_end"] = [row["audio_s_per_s_end_to_end"] for row in rows]
+        out["throughput"].append(summary)
+    for name, baseline in BASELINES.items():
+        for kind, key in (("end_to_end", "wall_s"), ("separation", "separation_s")):
+            ratios = [b[key] / t[key] for b, t in zip(runs[baseline], runs["torch"], strict=True)]
+            out[f"torch_over_{name}_{kind}"] = round(statistics.median(ratios), 2)
+            out[f"torch_over_{name}_{kind}_per_round"] = [round(x, 2) for x in ratios]
+    return out
 
 
 def _snr(reference, estimate) -> float:
@@ -172,6 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-audio", type=Path, default=ROOT.parent / "shared" / "real-audio")
     parser.add_argument("--songs", type=int, default=2, help="jamendo songs in the throughput batch (≥ 5 min)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all backends (median ratios)")
     parser.add_argument("--long-minutes", type=float, default=60.0)
     args = parser.parse_args()
     import torch
@@ -188,23 +226,17 @@ def main() -> None:
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="reconet-bench-") as tmp:
         work = Path(tmp)
-        print(f"throughput batch: {len(songs)} jamendo songs", file=sys.stderr)
-        official_api = run_backend("spleeter-api", songs, work, model_sha)
-        official = run_backend("spleeter", songs, work, model_sha)
-        port = run_backend("torch", songs, work, model_sha)
-        report["throughput"] = [official_api, official, port]
-        for name, baseline in (("official_api", official_api), ("official_pipes_worker", official)):
-            report[f"torch_over_{name}_end_to_end"] = round(baseline["wall_s"] / port["wall_s"], 2)
-            report[f"torch_over_{name}_separation"] = round(baseline["separation_s"] / port["separation_s"], 2)
+        report.update(throughput(songs, work, model_sha, args.rounds))
         if torch.cuda.is_available():
-            report["throughput"].append(run_backend("torch", songs, work, model_sha, device="cuda"))
+            on_gpu = run_backend("torch", songs, work / "cuda", model_sha, device="cuda")
+            on_gpu.pop("stems")
+            report["throughput"].append(on_gpu)
         print("quality on SiSEC 2011", file=sys.stderr)
         report["quality"] = quality(args.real_audio / "sisec2011", work, model_sha)
         print(f"memory on a {args.long_minutes:g}-minute file", file=sys.stderr)
         long = long_file(songs[0], args.long_minutes, work)
         report["long_file"] = run_backend("torch", [long], work / "long", model_sha)
-    for row in report["throughput"] + [report["long_file"]]:
-        row.pop("stems", None)
+    report["long_file"].pop("stems", None)
     out = ROOT / "benchmarks" / "results" / "separation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
