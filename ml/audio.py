@@ -62,7 +62,8 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     total = audio[:, 0].copy()
     for c in range(1, audio.shape[1]):
         total += audio[:, c]
-    return total / audio.shape[1] if audio.shape[1] > 1 else total
+    total /= audio.shape[1]
+    return total
 
 
 def stream_audio(

@@ -12,8 +12,8 @@ A ``track_id`` is derived from the audio content, so the key is (audio hash, mod
 An entry is built in a temporary folder beside its final place and renamed into place, so a
 killed run leaves no partial stem; :meth:`StemCache.clean_partial` removes what it left.
 
-This module needs only numpy and soundfile: the official-Spleeter worker imports it too, from
-its own environment.
+This module needs only numpy, soundfile and ``ml.audio`` (numpy only): the official-Spleeter
+worker imports it too, from its own environment.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+
+from ml.audio import to_mono
 
 STEM_SAMPLE_RATE = 44100
 ACTIVITY_FRAME = 4410  # samples: 100 ms frames for the vocal-activity profile
@@ -120,9 +122,8 @@ class StemWriter:
         for name, block in (("vocals", vocals), ("accompaniment", accompaniment)):
             self._clipped += int(np.count_nonzero(np.abs(block) > 1.0))
             self._files[name].write(np.clip(block, -1.0, 1.0))
-        # the stereo mean as a column sum: mean(axis=1) over a two-wide axis is 20x slower
-        self._vocal_energy.add((vocals[:, 0] + vocals[:, 1]) * 0.5)
-        self._mix_energy.add((mix[:, 0] + mix[:, 1]) * 0.5)
+        self._vocal_energy.add(to_mono(vocals))
+        self._mix_energy.add(to_mono(mix))
 
     def commit(self, meta: dict[str, Any]) -> StemEntry:
         for f in self._files.values():
