@@ -6,12 +6,12 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ml.catalogue import find_releases, folder_state, scan_release
-from ml.cleaning import clean
-from ml.rejected import ALL, load_rejected, record_rejected
+from assets.partitions import releases
+from assets.resources import SKIP_MISSING_PARTITIONS, ReconetSettings
+from ml.catalogue.catalogue import find_releases, folder_state, scan_release
+from ml.catalogue.cleaning import clean
+from ml.catalogue.rejected import ALL, load_rejected, record_rejected
 from ml.tables import REJECTED_SCHEMA
-from pipeline.partitions import releases
-from pipeline.resources import SKIP_MISSING_PARTITIONS, ReconetSettings
 
 RELEASE_FINGERPRINT = "release_fingerprint"
 

@@ -5,8 +5,8 @@ import base64
 import dagster as dg
 import pyarrow as pa
 
-from ml.eda import metadata_eda as run_metadata_eda
-from pipeline.resources import ReconetSettings
+from assets.resources import ReconetSettings
+from ml.catalogue.eda import metadata_eda as run_metadata_eda
 
 
 @dg.asset(group_name="catalogue", kinds={"python", "matplotlib"})

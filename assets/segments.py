@@ -4,13 +4,13 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from assets.partitions import releases
+from assets.resources import ReconetSettings
+from ml.catalogue.rejected import record_rejected
+from ml.clips.features import FeatureCache, FeatureParams, cache_release_features, entry_name
+from ml.clips.segmentation import PackedRows, SegmentParams, segment_release
 from ml.device import device_from_params
-from ml.features import FeatureCache, FeatureParams, cache_release_features, entry_name
-from ml.rejected import record_rejected
-from ml.segmentation import PackedRows, SegmentParams, segment_release
 from ml.tables import read_table, scope_filename
-from pipeline.partitions import releases
-from pipeline.resources import ReconetSettings
 
 
 @dg.asset(partitions_def=releases, group_name="segments", io_manager_key="table_io_manager",

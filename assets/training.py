@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from ml.splits import KINDS, SplitParams, split_segments
-from ml.training import TrainParams
-from pipeline.resources import MlflowTracking, ReconetSettings
+from assets.resources import MlflowTracking, ReconetSettings
+from ml.training.splits import KINDS, SplitParams, split_segments
+from ml.training.training import TrainParams
 
 split_kinds = dg.StaticPartitionsDefinition(list(KINDS))
 ALL_RELEASES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
@@ -60,7 +60,7 @@ def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: Reco
     """A vocalist classifier trained on one split kind (a partition), checkpointed every epoch
     (resumes after a kill) and recorded in MLflow; the primary kind's model (`train.split_kind`)
     becomes a new version of the registered model `reconet-vocalist`."""
-    from ml.model_run import model_dir, train_and_log
+    from ml.training.model_run import model_dir, train_and_log
 
     params, paths = settings.params(), settings.paths()
     overrides = {k: v for k, v in (("model", config.model), ("epochs", config.epochs)) if v}
@@ -91,7 +91,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: ReconetSettings, mlf
     Written to `reports/evaluation/<kind>/` and `reports/metrics.json`, logged to the MLflow run."""
     import base64
 
-    from ml.model_run import evaluate_and_log
+    from ml.training.model_run import evaluate_and_log
 
     params, paths = settings.params(), settings.paths()
     kind = context.partition_key

@@ -8,9 +8,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from assets.partitions import releases
+from assets.resources import ReconetSettings
+from ml.catalogue.rejected import record_rejected
 from ml.device import device_from_params
-from ml.rejected import record_rejected
-from ml.separation import (
+from ml.separation.separation import (
     Failure,
     SeparationInput,
     SeparationParams,
@@ -18,9 +20,7 @@ from ml.separation import (
     checkpoint_sha256,
     separate_with_torch,
 )
-from ml.stems import StemCache
-from pipeline.partitions import releases
-from pipeline.resources import ReconetSettings
+from ml.separation.stems import StemCache
 
 # Runs in .venv-spleeter, so it is started as a script, not imported.
 WORKER = Path(__file__).resolve().parents[1] / "pipeline" / "spleeter_worker.py"

@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/features.py [--clips 256] [--batch 32] [--steps 20]
 
-1. Log-mels (params.yaml ``features``) of the same 10 s clips: ``ml.features.compute_log_mels``
+1. Log-mels (params.yaml ``features``) of the same 10 s clips: ``ml.clips.features.compute_log_mels``
    (batched, on the CPU and on CUDA when present) against ``librosa.feature.melspectrogram`` +
    ``power_to_db`` called clip by clip — clips per second and the ratio, in one process.
-2. Loader: clips per second out of :class:`ml.loader.SegmentDataset` for raw clips (with their
+2. Loader: clips per second out of :class:`ml.clips.loader.SegmentDataset` for raw clips (with their
    accompaniment) and for cached log-mels, through a PyTorch DataLoader; then training steps of the
    default model (``model.name``) on batches of cached log-mels: the share of each step spent
    waiting for data (target ≤ 10 %).
@@ -34,7 +34,7 @@ def _clips(n: int, samples: int) -> tuple[np.ndarray, str]:
     import pyarrow as pa
 
     from ml import config
-    from ml.segmentation import PackedRows
+    from ml.clips.segmentation import PackedRows
     from ml.tables import read_table
 
     paths = config.paths()
@@ -61,10 +61,10 @@ def main() -> None:
     import torch
 
     from ml import config
-    from ml.features import FeatureParams, compute_log_mels
-    from ml.loader import SegmentDataset, make_loader, model_input
+    from ml.clips.features import FeatureParams, compute_log_mels
+    from ml.clips.loader import SegmentDataset, make_loader, model_input
+    from ml.clips.segmentation import SegmentParams
     from ml.models import build_model
-    from ml.segmentation import SegmentParams
 
     params = config.load_params()
     features = FeatureParams.from_params(params)

@@ -62,11 +62,11 @@ def main() -> None:
 
     import dagster as dg
 
-    from ml.catalogue import release_states
-    from ml.demo_library import generate_demo_library
+    from assets.resources import MlflowTracking, ReconetSettings
+    from ml.catalogue.catalogue import release_states
+    from ml.catalogue.demo_library import generate_demo_library
     from pipeline.definitions import defs
     from pipeline.instance import cli_run_tags
-    from pipeline.resources import MlflowTracking, ReconetSettings
     from pipeline.sensors import new_release_sensor, retrain_sensor
 
     source = folder / "demo-source"

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/segments.py [--real-audio ../shared/real-audio] [--songs 10]
 
-1. Speed: ``ml.segmentation.detect_nonsilent`` against ``pydub.silence.detect_nonsilent`` on the
+1. Speed: ``ml.clips.segmentation.detect_nonsilent`` against ``pydub.silence.detect_nonsilent`` on the
    same vocal stems, in one process: both times, the ratio, and whether the ranges agree.
 2. Quality: the JamendoLyrics songs are separated (torch backend) and segmented with the default
    parameters; the time the kept segments cover (without their padding) is compared with the
@@ -60,9 +60,9 @@ def main() -> None:
 
     from ml import config
     from ml.audio import load_audio
-    from ml.segmentation import SegmentParams, cut_clips, dbfs, detect_nonsilent
-    from ml.separation import SeparationInput, SeparationParams, checkpoint_sha256, separate_with_torch
-    from ml.stems import StemCache
+    from ml.clips.segmentation import SegmentParams, cut_clips, dbfs, detect_nonsilent
+    from ml.separation.separation import SeparationInput, SeparationParams, checkpoint_sha256, separate_with_torch
+    from ml.separation.stems import StemCache
 
     paths = config.paths()
     params = config.load_params()

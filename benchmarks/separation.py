@@ -42,8 +42,8 @@ TORCH_CHILD = """
 import json, sys, time
 from pathlib import Path
 import torch
-from ml.separation import SeparationInput, SeparationParams, separate_with_torch
-from ml.stems import StemCache
+from ml.separation.separation import SeparationInput, SeparationParams, separate_with_torch
+from ml.separation.stems import StemCache
 spec = json.loads(Path(sys.argv[1]).read_text())
 device = torch.device(spec["device"])
 cache = StemCache(spec["cache_root"], "torch", spec["model_sha256"])
@@ -125,7 +125,7 @@ def run_backend(backend: str, files: list[Path], work: Path, model_sha: str, dev
         outcomes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         separation_s = sum(o.get("elapsed_s", 0.0) for o in outcomes)
     audio_s = sum(_duration(p) for p in files)
-    from ml.stems import StemCache
+    from ml.separation.stems import StemCache
 
     cache = StemCache(cache_root, "spleeter" if backend == "spleeter" else "torch", model_sha)
     return {
@@ -215,7 +215,7 @@ def main() -> None:
     import torch
 
     from ml import config
-    from ml.separation import checkpoint_sha256
+    from ml.separation.separation import checkpoint_sha256
 
     paths = config.paths()
     model_sha = checkpoint_sha256(paths.spleeter_checkpoint)

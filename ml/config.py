@@ -91,7 +91,7 @@ class Paths:
 
     @cached_property
     def vocals(self) -> Path:
-        """The stem cache (``ml/stems.py``): ``RECONET_STEMS_DIR`` or ``<data>/vocals``. Stems are
+        """The stem cache (``ml/separation/stems.py``): ``RECONET_STEMS_DIR`` or ``<data>/vocals``. Stems are
         large and keyed by content, so several projects may share one cache (on a bigger disk)."""
         stems = os.environ.get("RECONET_STEMS_DIR")
         return _resolve(self.root, stems) if stems else self.data / "vocals"

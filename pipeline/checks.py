@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from assets.catalogue import clean_tracks
+from assets.resources import MlflowTracking, ReconetSettings, table_path
 from assets.segments import features, segments
 from assets.training import evaluation, splits
-from ml.rejected import ledger_path
-from ml.splits import split_problems
+from ml.catalogue.rejected import ledger_path
 from ml.tables import read_table
-from pipeline.resources import MlflowTracking, ReconetSettings, table_path
+from ml.training.splits import split_problems
 
 
 def _duplicates(values: list[str]) -> list[str]:
@@ -112,7 +112,7 @@ def champion_not_worse(context: dg.AssetCheckExecutionContext, settings: Reconet
                        mlflow_tracking: MlflowTracking) -> dg.AssetCheckResult:  # fmt: skip
     """The registry's `champion` alias points at the version with the best test song macro-F1 seen
     so far: a new model took it only if it scored at least as well (``evaluation`` promotes)."""
-    from ml.tracking import champion_report
+    from ml.training.tracking import champion_report
 
     report = champion_report(mlflow_tracking.uri(settings.paths().root), mlflow_tracking.registered_model,
                              context.partition_key)  # fmt: skip

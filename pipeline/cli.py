@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ml import config
-from ml.demo_library import SIZES, generate_demo_library
+from ml.catalogue.demo_library import SIZES, generate_demo_library
 from pipeline.instance import DAGSTER_YAML
 
 console = Console(stderr=True)
@@ -111,10 +111,10 @@ def _materialize(phases: tuple[Phase, ...], library: str | None = None) -> tuple
     target; None after the first failed run (it is reported), else the paths and the seconds taken."""
     import dagster as dg
 
-    from ml.training import TrainParams
+    from assets.partitions import sync_release_partitions
+    from ml.training.training import TrainParams
     from pipeline.definitions import defs
     from pipeline.instance import cli_run_tags, release_orphaned_runs
-    from pipeline.partitions import sync_release_partitions
 
     params = config.load_params()
     split_kinds = list(TrainParams.from_params(params).split_kinds)
@@ -214,7 +214,7 @@ def _print_summary(paths: config.Paths, seconds: float) -> None:
 def register(library: str | None = None) -> int:
     import dagster as dg
 
-    from pipeline.partitions import sync_release_partitions
+    from assets.partitions import sync_release_partitions
 
     params = config.load_params()
     paths = config.paths(params, library=library)

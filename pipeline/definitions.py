@@ -6,11 +6,12 @@ import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks
 from assets.metadata_eda import metadata_eda
+from assets.resources import MlflowTracking, ParquetTableIOManager, ReconetSettings
 from assets.segments import features, segments
 from assets.training import evaluation, model, splits
 from assets.vocals import vocals
 from ml import config
-from ml.orchestration import OrchestrationParams
+from ml.catalogue.orchestration import OrchestrationParams
 from pipeline.checks import ASSET_CHECKS
 from pipeline.executors import executor_for
 from pipeline.jobs import (
@@ -25,7 +26,6 @@ from pipeline.jobs import (
     training_job,
     vocals_job,
 )
-from pipeline.resources import MlflowTracking, ParquetTableIOManager, ReconetSettings
 from pipeline.sensors import SCHEDULES, SENSORS
 from pipeline.staleness import with_step_versions
 

@@ -13,7 +13,7 @@ import importlib
 
 import dagster as dg
 
-from ml.orchestration import OrchestrationParams
+from ml.catalogue.orchestration import OrchestrationParams
 
 # executor -> (module, attribute, pip extra)
 _PLUGINS = {

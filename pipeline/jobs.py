@@ -4,12 +4,12 @@ import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks
 from assets.metadata_eda import metadata_eda
+from assets.partitions import sync_release_partitions
+from assets.resources import ReconetSettings
 from assets.segments import features, segments
 from assets.training import evaluation, model, splits
 from assets.vocals import vocals
 from pipeline.instance import WRITES_CLEAN_TRACKS
-from pipeline.partitions import sync_release_partitions
-from pipeline.resources import ReconetSettings
 
 
 @dg.op

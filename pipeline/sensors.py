@@ -2,7 +2,7 @@
 a nightly run re-materialises what a parameter or code change made stale.
 
 * ``new_release_sensor`` looks at the library. A release folder that appeared or changed, and has
-  settled (see :func:`ml.orchestration.ready_releases`), gets its partition and a run of
+  settled (see :func:`ml.catalogue.orchestration.ready_releases`), gets its partition and a run of
   ``process_release_job`` for that release alone; a vanished one loses its partition.
 * ``retrain_sensor`` follows: once no release run is in progress and every release has log-mels,
   newer data than the splits asks for ``refresh_job``; splits newer than a split kind's model ask
@@ -20,14 +20,14 @@ import time
 import dagster as dg
 
 from assets.catalogue import RELEASE_FINGERPRINT
+from assets.partitions import releases
+from assets.resources import ReconetSettings
 from ml import config
-from ml.catalogue import release_states
-from ml.orchestration import OrchestrationParams, ready_releases
-from ml.rejected import forget_scope
-from ml.training import TrainParams
+from ml.catalogue.catalogue import release_states
+from ml.catalogue.orchestration import OrchestrationParams, ready_releases
+from ml.catalogue.rejected import forget_scope
+from ml.training.training import TrainParams
 from pipeline.jobs import catalogue_job, process_release_job, refresh_job, training_job
-from pipeline.partitions import releases
-from pipeline.resources import ReconetSettings
 
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED]  # fmt: skip

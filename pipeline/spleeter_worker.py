@@ -5,7 +5,7 @@ pipeline/spleeter_worker.py``); the asset passes, as Pipes extras, the model fol
 cache and the tracks to separate. The official graph (spleeter's ``EstimatorSpecBuilder`` with
 the 2-stems configuration) is built and its checkpoint restored once for the whole batch; each
 track is decoded by Spleeter's own audio adapter, separated, and written to the stem cache
-(``ml/stems.py``). Per-track progress goes to the Dagster log; each track's outcome comes back
+(``ml/separation/stems.py``). Per-track progress goes to the Dagster log; each track's outcome comes back
 as a custom message ``{"track_id", "status": "done" | "failed", "reason", "detail"}``.
 
 Without Pipes (benchmarks, by hand) it reads the same extras from a JSON file:
@@ -71,7 +71,7 @@ def run(extras: dict, info, outcome) -> None:
     from spleeter.audio.adapter import AudioAdapter
     from spleeter.audio.convertor import to_stereo
 
-    from ml.stems import STEM_SAMPLE_RATE, StemCache
+    from ml.separation.stems import STEM_SAMPLE_RATE, StemCache
 
     model_dir = Path(extras["model_dir"])
     cache = StemCache(extras["cache_root"], "spleeter", extras["model_sha256"])

@@ -17,25 +17,28 @@ from typing import Any
 
 import dagster as dg
 
+from assets.partitions import releases
 from ml import config
-from ml.training import TrainParams
+from ml.training.training import TrainParams
 from pipeline.jobs import process_release_job, refresh_job, training_job
-from pipeline.partitions import releases
 
 # asset -> (params.yaml sections, source files or folders relative to the project root)
 STEP_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "tracks": (("library", "catalogue"), ("ml/catalogue.py", "ml/tags.py", "ml/audio.py", "assets/catalogue.py")),
-    "clean_tracks": (("cleaning", "genres"), ("ml/cleaning.py", "assets/catalogue.py")),
-    "rejected": ((), ("ml/rejected.py", "assets/catalogue.py")),
-    "metadata_eda": (("cleaning", "eda"), ("ml/eda.py", "assets/metadata_eda.py")),
-    "vocals": (("separation",), ("ml/separation.py", "ml/unet.py", "ml/stems.py", "ml/audio.py", "assets/vocals.py")),
-    "segments": (("segments",), ("ml/segmentation.py", "assets/segments.py")),
-    "features": (("features",), ("ml/features.py", "assets/segments.py")),
-    "splits": (("splits",), ("ml/splits.py", "assets/training.py")),
+    "tracks": (("library", "catalogue"),
+               ("ml/catalogue/catalogue.py", "ml/catalogue/tags.py", "ml/audio.py", "assets/catalogue.py")),
+    "clean_tracks": (("cleaning", "genres"), ("ml/catalogue/cleaning.py", "assets/catalogue.py")),
+    "rejected": ((), ("ml/catalogue/rejected.py", "assets/catalogue.py")),
+    "metadata_eda": (("cleaning", "eda"), ("ml/catalogue/eda.py", "assets/metadata_eda.py")),
+    "vocals": (("separation",), ("ml/separation/separation.py", "ml/separation/unet.py", "ml/separation/stems.py",
+                                 "ml/audio.py", "assets/vocals.py")),
+    "segments": (("segments",), ("ml/clips/segmentation.py", "assets/segments.py")),
+    "features": (("features",), ("ml/clips/features.py", "assets/segments.py")),
+    "splits": (("splits",), ("ml/training/splits.py", "assets/training.py")),
     "model": (("features", "train", "models", "augment"),
-              ("ml/training.py", "ml/loader.py", "ml/augment.py", "ml/models", "ml/model_run.py",
-               "assets/training.py")),
-    "evaluation": (("features", "train", "models"), ("ml/evaluation.py", "ml/model_run.py", "assets/training.py")),
+              ("ml/training/training.py", "ml/clips/loader.py", "ml/clips/augment", "ml/models",
+               "ml/training/model_run.py", "assets/training.py")),
+    "evaluation": (("features", "train", "models"),
+                   ("ml/training/evaluation.py", "ml/training/model_run.py", "assets/training.py")),
 }  # fmt: skip
 
 # params.yaml keys that change how fast a step runs, not what it makes (dvc.yaml leaves them out too)

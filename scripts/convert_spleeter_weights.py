@@ -1,4 +1,4 @@
-"""Convert Spleeter's official 2-stems TensorFlow checkpoint to safetensors for ml/unet.py.
+"""Convert Spleeter's official 2-stems TensorFlow checkpoint to safetensors for ml/separation/unet.py.
 
 Runs inside the Spleeter environment (.venv-spleeter), where TensorFlow is installed:
 

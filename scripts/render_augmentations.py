@@ -1,4 +1,4 @@
-"""Render one figure per augmentation of ml/augment.py, as the RecoNet report shows them.
+"""Render one figure per augmentation of ml/clips/augment.py, as the RecoNet report shows them.
 
     .venv/bin/python scripts/render_augmentations.py [AUDIO_FILE] [--out docs/augmentations] [--seed 0]
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from ml.augment import (
+from ml.clips.augment import (
     AUDIO_TRANSFORMS,
     SPECTROGRAM_TRANSFORMS,
     AudioAugmenter,
@@ -189,7 +189,7 @@ def render(clip: torch.Tensor, out: Path, source: str, seed: int = 0) -> list[Pa
     lines = [
         "# Augmentations",
         "",
-        "One figure per transform of `ml/augment.py`, each applied alone (p = 1) to the same 10 s demo clip",
+        "One figure per transform of `ml/clips/augment.py`, each applied alone (p = 1) to the same 10 s demo clip",
         f"({source}). Rendered by `scripts/render_augmentations.py`; the chains apply them in this order,",
         "each with its own probability from the `augment:` section of params.yaml.",
         "",

@@ -110,11 +110,11 @@ def use_demo_project(directory: Path) -> None:
     )
     import dagster as dg
 
+    from assets.partitions import sync_release_partitions
     from ml import config
-    from ml.demo_library import generate_demo_library
+    from ml.catalogue.demo_library import generate_demo_library
     from pipeline.cli import QUIET_CONSOLE, prepare_dagster_home
     from pipeline.definitions import defs
-    from pipeline.partitions import sync_release_partitions
 
     params = config.load_params()
     paths = config.paths(params)

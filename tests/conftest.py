@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ml.catalogue.demo_library import generate_demo_library
 from ml.config import project_root
-from ml.demo_library import generate_demo_library
 
 CODECS = {
     "mp3": ["-c:a", "libmp3lame", "-b:a", "128k"],

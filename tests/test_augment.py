@@ -1,4 +1,4 @@
-"""ml.augment: each transform's defining property, seeding, p=0 identity, clip lengths, params parsing.
+"""ml.clips.augment: each transform's defining property, seeding, p=0 identity, clip lengths, params parsing.
 
 Only generated signals; the whole file runs in a few seconds on a 2-core CPU.
 """
@@ -9,8 +9,14 @@ import math
 import pytest
 import torch
 
-from ml import augment as A
-from ml.augment import AUDIO_TRANSFORMS, SPECTROGRAM_TRANSFORMS, AudioAugmenter, AugmentParams, SpectrogramAugmenter
+from ml.clips import augment as A
+from ml.clips.augment import (
+    AUDIO_TRANSFORMS,
+    SPECTROGRAM_TRANSFORMS,
+    AudioAugmenter,
+    AugmentParams,
+    SpectrogramAugmenter,
+)
 
 SR = 16000
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from mutagen.id3 import ID3, TIT2, TPE1
 
-from ml.catalogue import ROOT_RELEASE, find_releases, release_key, scan_release, track_id_for
+from ml.catalogue.catalogue import ROOT_RELEASE, find_releases, release_key, scan_release, track_id_for
 from ml.config import load_params
 from tests.conftest import make_tone
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ml.cleaning import clean, normalise_title, over_genre
+from ml.catalogue.cleaning import clean, normalise_title, over_genre
 from ml.config import load_params
 from ml.tables import TRACKS_SCHEMA, table_from_rows
 

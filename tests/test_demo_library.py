@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.demo_library import SIZES, VOCALISTS, generate_demo_library, make_song_file, plan_library, render_song
-from ml.tags import read_audio_file
+from ml.catalogue.demo_library import SIZES, VOCALISTS, generate_demo_library, make_song_file, plan_library, render_song
+from ml.catalogue.tags import read_audio_file
 from tests.conftest import audio_files
 
 PLANTED = {"interlude", "instrumental", "duet", "byte_duplicate", "re_encoded", "truncated", "corrupt",

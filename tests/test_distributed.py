@@ -14,19 +14,19 @@ import yaml
 from safetensors.torch import load_file
 
 from ml import config
-from ml.distributed import EpochShard, state_checksum
-from ml.loader import SegmentDataset, make_loader
+from ml.clips.loader import SegmentDataset, make_loader
 from ml.models import build_model
-from ml.splits import SplitParams, split_segments
+from ml.training.distributed import EpochShard, state_checksum
+from ml.training.splits import SplitParams, split_segments
 from tests.test_training import _tiny_project
 
 
 def _torchrun(tmp_path, *args: str) -> str:
-    """``torchrun --standalone --nproc_per_node 2 -m ml.distributed ARGS`` on the CPU; its output."""
+    """``torchrun --standalone --nproc_per_node 2 -m ml.training.distributed ARGS`` on the CPU; its output."""
     env = {**os.environ, "RECONET_PARAMS": str(tmp_path / "params.yaml"), "RECONET_DATA_DIR": str(tmp_path / "data"),
            "RECONET_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "ml.distributed", *args]  # fmt: skip
+           "-m", "ml.training.distributed", *args]  # fmt: skip
     run = subprocess.Popen(cmd, cwd=config.project_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, start_new_session=True)  # fmt: skip
     try:

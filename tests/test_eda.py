@@ -1,8 +1,8 @@
 """The catalogue EDA: plots and summary from tables, hostile labels, empty catalogues."""
 
-from ml.cleaning import over_genre
+from ml.catalogue.cleaning import over_genre
+from ml.catalogue.eda import metadata_eda
 from ml.config import load_params
-from ml.eda import metadata_eda
 from ml.tables import CLEAN_TRACKS_SCHEMA, REJECTED_SCHEMA, TRACKS_SCHEMA, table_from_rows
 
 PARAMS = load_params()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.features import FeatureCache, FeatureParams, LogMel, cache_release_features, compute_log_mels, frames_for
+from ml.clips.features import FeatureCache, FeatureParams, LogMel, cache_release_features, compute_log_mels, frames_for
 
 CPU = torch.device("cpu")
 SR = 16000
@@ -62,7 +62,7 @@ def test_cache_recomputes_only_when_segments_or_feature_params_change(tmp_path):
 
 
 def test_new_segments_get_a_new_entry_and_old_ones_go_once_out_of_use(tmp_path):
-    from ml.features import entry_name
+    from ml.clips.features import entry_name
 
     clips = _clips(3)
     cache = FeatureCache(tmp_path, FeatureParams())

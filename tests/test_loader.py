@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from ml.features import FeatureParams, LogMel, compute_log_mels
-from ml.loader import SegmentDataset, make_loader, model_input
+from ml.clips.features import FeatureParams, LogMel, compute_log_mels
+from ml.clips.loader import SegmentDataset, make_loader, model_input
 
 SAMPLES = 16000
 

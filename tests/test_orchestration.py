@@ -12,14 +12,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ml.catalogue import ReleaseState, release_states
-from ml.orchestration import ready_releases
-from ml.splits import split_problems
+from assets.resources import MlflowTracking, ReconetSettings
+from ml.catalogue.catalogue import ReleaseState, release_states
+from ml.catalogue.orchestration import ready_releases
 from ml.tables import read_table
-from ml.tracking import champion_report, promote_champion
+from ml.training.splits import split_problems
+from ml.training.tracking import champion_report, promote_champion
 from pipeline.definitions import defs
 from pipeline.instance import cli_run_tags, release_orphaned_runs
-from pipeline.resources import MlflowTracking, ReconetSettings
 from pipeline.sensors import SCHEDULES, new_release_sensor, retrain_sensor
 from pipeline.staleness import STEP_INPUTS, reprocess_requests, stale_outputs, step_version
 
@@ -258,7 +258,7 @@ def test_a_killed_run_gives_its_gpu_slot_back(tmp_path, monkeypatch):
 
 
 def test_executor_comes_from_params_and_a_missing_plugin_names_its_extra():
-    from ml.orchestration import OrchestrationParams
+    from ml.catalogue.orchestration import OrchestrationParams
     from pipeline.executors import executor_for
 
     assert executor_for(OrchestrationParams()).name == "multiprocess"

@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 from mlflow.tracking import MlflowClient
 
+from assets.partitions import releases
+from ml.clips.segmentation import PackedRows
 from ml.config import project_root
-from ml.segmentation import PackedRows
 from ml.tables import read_table
 from pipeline.definitions import defs
-from pipeline.partitions import releases
 from tests.conftest import audio_files
 
 pytestmark = pytest.mark.slow
@@ -169,8 +169,8 @@ def test_rerun_is_idempotent_and_a_new_album_is_one_new_partition(small_library,
     subprocess.run(["cp", str(donor), str(new_album / "01 New Song.flac")], check=True)
     untouched = {p: p.stat().st_mtime_ns for p in (data / "tracks").glob("*.parquet")}
     with dg.DagsterInstance.get() as instance:
+        from assets.partitions import sync_release_partitions
         from ml import config
-        from pipeline.partitions import sync_release_partitions
 
         added, removed = sync_release_partitions(instance, config.paths(library=library), config.load_params())
         assert (added, removed) == (["Dex Calder/Brand New Album"], [])
@@ -183,7 +183,7 @@ def test_rerun_is_idempotent_and_a_new_album_is_one_new_partition(small_library,
 
 
 def _settings(library: Path):
-    from pipeline.resources import ReconetSettings
+    from assets.resources import ReconetSettings
 
     return ReconetSettings(library=str(library))
 

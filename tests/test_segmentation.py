@@ -8,7 +8,7 @@ from pydub import AudioSegment
 from pydub.silence import detect_nonsilent as pydub_detect_nonsilent
 from scipy.signal import resample_poly
 
-from ml.segmentation import (
+from ml.clips.segmentation import (
     PackedRows,
     SegmentParams,
     cut_clips,

@@ -15,9 +15,16 @@ import torch
 
 from ml import config
 from ml.device import pick_device
-from ml.separation import SeparationInput, SeparationParams, assess, separate_with_torch
-from ml.stems import StemCache
-from ml.unet import CHUNK_SAMPLES, FRAME_LENGTH, SpleeterSeparator, load_spleeter, separate_array, subpixel_weight
+from ml.separation.separation import SeparationInput, SeparationParams, assess, separate_with_torch
+from ml.separation.stems import StemCache
+from ml.separation.unet import (
+    CHUNK_SAMPLES,
+    FRAME_LENGTH,
+    SpleeterSeparator,
+    load_spleeter,
+    separate_array,
+    subpixel_weight,
+)
 from tests.conftest import make_tone
 
 CPU = torch.device("cpu")
@@ -185,8 +192,8 @@ def test_rules_after_separation(weights, small_library, tmp_path):
 KILL_SCRIPT = """
 import sys, torch
 from pathlib import Path
-from ml.separation import SeparationInput, SeparationParams, separate_with_torch
-from ml.stems import StemCache
+from ml.separation.separation import SeparationInput, SeparationParams, separate_with_torch
+from ml.separation.stems import StemCache
 cache = StemCache(sys.argv[2], "torch", "0" * 64)
 separate_with_torch([SeparationInput("long", Path(sys.argv[1]))], cache, Path(sys.argv[3]), torch.device("cpu"),
                     SeparationParams(batch_chunks=1))
@@ -224,7 +231,7 @@ def test_a_failing_stem_write_stops_the_batch_and_leaves_no_partial_entry(weight
     reaches the caller, no entry is left half-written, and no helper thread keeps running."""
     import threading
 
-    from ml.stems import StemWriter
+    from ml.separation.stems import StemWriter
 
     first = make_tone(tmp_path / "first.flac", "flac", seconds=30.0)
     second = make_tone(tmp_path / "second.flac", "flac", seconds=30.0, freq=330.0)
@@ -257,7 +264,7 @@ def test_the_cpu_transforms_equal_torch_fft(separator):
 def test_the_stem_entry_levels_match_a_float64_reference(tmp_path):
     """Levels are summed in float32 within a 100 ms frame: the dB figures must still be exact."""
     from ml.audio import to_mono
-    from ml.stems import ACTIVITY_FRAME, StemWriter
+    from ml.separation.stems import ACTIVITY_FRAME, StemWriter
 
     mix = _music(7.3, seed=3)
     mix[: SR // 2] = 0.0  # a silent start: frames at the floor

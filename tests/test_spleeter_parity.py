@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from assets.partitions import sync_release_partitions
+from assets.resources import ReconetSettings
 from ml import config
 from pipeline.definitions import defs
-from pipeline.partitions import sync_release_partitions
-from pipeline.resources import ReconetSettings
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ import pytest
 from mutagen.flac import FLAC
 from mutagen.id3 import ID3, TCON, TDRC, TPE1, TRCK
 
-from ml.demo_library import write_tags
-from ml.tags import MAX_TAG_LENGTH, UnreadableAudioError, clean_tag_text, parse_year, read_audio_file
+from ml.catalogue.demo_library import write_tags
+from ml.catalogue.tags import MAX_TAG_LENGTH, UnreadableAudioError, clean_tag_text, parse_year, read_audio_file
 from tests.conftest import make_tone
 
 TAGS = {

@@ -13,8 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ml import config
-from ml.features import FeatureParams, compute_log_mels
-from ml.splits import SplitParams, split_segments
+from ml.clips.features import FeatureParams, compute_log_mels
+from ml.training.splits import SplitParams, split_segments
 
 SR = 16000
 ARTISTS = {"Alto": 180.0, "Bass": 90.0, "Tenor": 330.0}  # each "voice": its own pitch and timbre
@@ -111,7 +111,7 @@ def _tiny_project(tmp_path):
 @pytest.mark.parametrize("model_name", ["crnn", "reconet"])
 def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_version(tmp_path, monkeypatch,
                                                                                    model_name):  # fmt: skip
-    from ml.model_run import evaluate_and_log, train_and_log
+    from ml.training.model_run import evaluate_and_log, train_and_log
 
     monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RECONET_REPORTS_DIR", str(tmp_path / "reports"))
@@ -155,8 +155,8 @@ def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_vers
 KILLED_TRAINING = """
 import sys, json, pyarrow as pa, pyarrow.parquet as pq
 from ml import config
-from ml.model_run import train_and_log
-from ml.splits import SplitParams, split_segments
+from ml.training.model_run import train_and_log
+from ml.training.splits import SplitParams, split_segments
 params = json.loads(open(sys.argv[1]).read())
 segments, features = pq.read_table(sys.argv[2]), pq.read_table(sys.argv[3])
 splits, _ = split_segments(segments, SplitParams(kinds=("song",)))
@@ -187,7 +187,7 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, monk
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    from ml.training import Checkpointer
+    from ml.training.training import Checkpointer
 
     state = Checkpointer(checkpoints[0].parent).load()  # the file in place is a whole checkpoint
     assert state is not None and json.loads(state["history"])
@@ -202,7 +202,7 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, monk
 def test_training_on_augmented_raw_clips(tmp_path, monkeypatch):
     """train.augment: raw clips (with their accompaniment, for remix) through the augmentation chain
     and log-mels on the device; validation on clean clips."""
-    from ml.model_run import train_and_log
+    from ml.training.model_run import train_and_log
 
     monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
     params, segments, features = _tiny_project(tmp_path)

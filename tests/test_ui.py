@@ -16,11 +16,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from assets.partitions import releases, sync_release_partitions
 from ml import config
 from ml.config import project_root
 from ml.tables import read_table, scope_filename
 from pipeline.cli import prepare_dagster_home
-from pipeline.partitions import releases, sync_release_partitions
 
 pytestmark = pytest.mark.slow
 

@@ -1,10 +1,10 @@
 """Training on several processes (one per GPU) with PyTorch DDP, launched by ``torchrun``.
 
-    torchrun --nproc_per_node 4 -m ml.distributed --kind song
+    torchrun --nproc_per_node 4 -m ml.training.distributed --kind song
 
 Every process reads the project's tables (``<data>/tables/{segments,features}/*.parquet`` and
 ``splits.parquet``, as the Dagster assets wrote them) and runs the same loop as the single-process
-path (:func:`ml.training.train`), with :class:`DistributedTraining` sharing the work:
+path (:func:`ml.training.training.train`), with :class:`DistributedTraining` sharing the work:
 
 * the model is wrapped in ``DistributedDataParallel`` (gradients averaged over the processes);
 * each epoch's order of clips (class-balanced or shuffled, seeded as on one process) is cut into
@@ -40,12 +40,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from ml import config
+from ml.clips.features import FeatureParams
+from ml.clips.loader import SegmentDataset
 from ml.device import device_from_params
-from ml.features import FeatureParams
-from ml.loader import SegmentDataset
-from ml.model_run import augmenters_for, data_version, split_rows_of, with_features
 from ml.tables import atomic_path, read_table, write_text
-from ml.training import SingleProcess, TrainParams, dataset_sources, train
+from ml.training.model_run import augmenters_for, data_version, split_rows_of, with_features
+from ml.training.training import SingleProcess, TrainParams, dataset_sources, train
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def state_checksum(model: nn.Module) -> str:
 
 
 class DistributedTraining(SingleProcess):
-    """:func:`ml.training.train` on one process of a DDP group (already initialised). Records, per
+    """:func:`ml.training.training.train` on one process of a DDP group (already initialised). Records, per
     epoch, how many clips each process trained on, how many distinct clips they covered together,
     and the checksum of every process's weights after the epoch (see ``distributed.json``)."""
 
@@ -135,7 +135,8 @@ def process_group(params: dict[str, Any]) -> Iterator[DistributedTraining]:
     """Join the DDP group that ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...):
     NCCL on CUDA (GPU ``LOCAL_RANK``), gloo on the CPU; leave it at the end."""
     if "RANK" not in os.environ or "LOCAL_RANK" not in os.environ:
-        raise RuntimeError("ml.distributed runs under torchrun: torchrun --nproc_per_node N -m ml.distributed ...")
+        raise RuntimeError("ml.training.distributed runs under torchrun: "
+                           "torchrun --nproc_per_node N -m ml.training.distributed ...")
     rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     device = device_from_params(params)
     if device.type == "cuda":
@@ -219,7 +220,7 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m ml.distributed", description=__doc__,
+    parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m ml.training.distributed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--kind", help="split kind to train on (default: train.split_kind in params.yaml)")
     parser.add_argument("--model", help="crnn or reconet (default: train.model)")

@@ -3,11 +3,11 @@
 Adam with weight decay 1e-6, ReduceLROnPlateau on the validation loss, early stopping on it (the
 best epoch's weights are kept; neither acts during the first ``warmup_epochs``, while the batch-norm
 statistics that evaluation uses are still settling), class-balanced sampling or loss weights, mixed precision on CUDA.
-Batches come from ``ml/loader.py``: raw clips augmented on the device and turned into log-mels
+Batches come from ``ml/clips/loader.py``: raw clips augmented on the device and turned into log-mels
 there (``train.augment: true``), or the cached log-mels.
 
 The same loop trains on one process or on several: ``train(..., parallel=...)`` takes how the work
-is shared (:class:`SingleProcess` here; ``ml.distributed`` runs it with PyTorch DDP under ``torchrun``).
+is shared (:class:`SingleProcess` here; ``ml.training.distributed`` runs it with PyTorch DDP under ``torchrun``).
 
 Every epoch ends with a checkpoint written atomically (``torch.save`` to a temporary file, then a
 rename) holding the model, optimiser, scheduler, early-stopping state and history. Training started
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ml import config
-from ml.features import FeatureParams, LogMel
-from ml.loader import SegmentDataset, make_loader, model_input
+from ml.clips.features import FeatureParams, LogMel
+from ml.clips.loader import SegmentDataset, make_loader, model_input
 from ml.models import build_model, logits, needs_audio
 from ml.tables import atomic_path
 
@@ -120,7 +120,7 @@ class Checkpointer:
 
 
 class SingleProcess:
-    """How :func:`train` shares its work: here, not at all. ``ml.distributed.DistributedTraining``
+    """How :func:`train` shares its work: here, not at all. ``ml.training.distributed.DistributedTraining``
     overrides these for DDP: the model wrapped, each process given its share of every epoch, sums
     taken over all processes, and only rank 0 writing checkpoints and logging results."""
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from ml.catalogue.tags import UnreadableAudioError, read_audio_file
 from ml.tables import REJECTED_SCHEMA, TRACKS_SCHEMA, table_from_rows
-from ml.tags import UnreadableAudioError, read_audio_file
 
 log = logging.getLogger(__name__)
 

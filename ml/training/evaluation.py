@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
-from ml.loader import SegmentDataset, make_loader, model_input  # noqa: E402
+from ml.clips.loader import SegmentDataset, make_loader, model_input  # noqa: E402
 from ml.tables import atomic_path, write_text  # noqa: E402
 
 

@@ -20,13 +20,13 @@ import pyarrow.compute as pc
 import torch
 
 from ml import config
+from ml.clips.features import FeatureParams
+from ml.clips.loader import SegmentDataset
 from ml.device import device_from_params
-from ml.evaluation import Report, evaluate, predict
-from ml.features import FeatureParams
-from ml.loader import SegmentDataset
 from ml.models import build_model
 from ml.tables import write_text
-from ml.training import TrainParams, dataset_sources, train
+from ml.training.evaluation import Report, evaluate, predict
+from ml.training.training import TrainParams, dataset_sources, train
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def data_version(rows: pa.Table, features: FeatureParams) -> str:
 
 def augmenters_for(params: dict[str, Any], sample_rate: int):
     """The audio and spectrogram augmenters of params.yaml's ``augment`` section."""
-    from ml.augment import AudioAugmenter, AugmentParams, SpectrogramAugmenter
+    from ml.clips.augment import AudioAugmenter, AugmentParams, SpectrogramAugmenter
 
     settings = AugmentParams.from_params(params.get("augment", {}))
     return AudioAugmenter(settings, sample_rate), SpectrogramAugmenter(settings)
@@ -74,7 +74,7 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     registered again: its recorded outcome is returned."""
     import mlflow
 
-    from ml.tracking import flatten, git_commit, mlflow_run
+    from ml.training.tracking import flatten, git_commit, mlflow_run
 
     logger = logger or log
     settings = TrainParams.from_params(params)
@@ -138,7 +138,7 @@ def _record(result, run_dir: Path, run_id: str, settings: TrainParams, features:
     import mlflow
     from safetensors.torch import save_file
 
-    from ml.tracking import register
+    from ml.training.tracking import register
 
     weights = run_dir / "model.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(weights))
@@ -164,7 +164,7 @@ def _log_mlflow_model(model: torch.nn.Module, dataset: SegmentDataset, features:
     pickle), with one clip as input example and the signature inferred from it."""
     import mlflow
 
-    from ml.features import LogMel
+    from ml.clips.features import LogMel
     from ml.models import logits, needs_audio
 
     batch = dataset.__getitems__([0])
@@ -212,7 +212,7 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
     version becomes the ``champion`` of ``registered_model`` unless the champion scored better."""
     import mlflow
 
-    from ml.tracking import promote_champion
+    from ml.training.tracking import promote_champion
 
     logger = logger or log
     model, info = load_trained(paths, kind)
@@ -225,7 +225,7 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
         raise ValueError(f"the {kind} split has no test clips")
     _, source = dataset_sources(info["model"], augment=False)
     dataset = SegmentDataset(test_rows, paths.data, info["classes"], source=source)
-    from ml.features import LogMel
+    from ml.clips.features import LogMel
 
     predictions = predict(model, dataset, device, log_mel=LogMel(FeatureParams.from_params(params)).to(device))
     out_dir = paths.reports / "evaluation" / kind

@@ -4,7 +4,7 @@ Each rule gives a ``reason`` (a short category) and a ``detail`` (a sentence nam
 A track gets the first reason that applies; every track is either kept or rejected, never both.
 
 The RecoNet report's third rule, *instrumental tracks*, needs the separated vocals, so it is not
-here: the vocals stage applies it to the stems (``ml/separation.py``, ``separation.instrumental`` in
+here: the vocals stage applies it to the stems (``ml/separation/separation.py``, ``separation.instrumental`` in
 params.yaml).
 """
 

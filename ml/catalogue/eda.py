@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ml.cleaning import over_genre  # noqa: E402
+from ml.catalogue.cleaning import over_genre  # noqa: E402
 from ml.tables import write_bytes, write_text  # noqa: E402
 
 OVER_GENRE_COLOURS = {

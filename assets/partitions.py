@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 
 from ml import config
-from ml.catalogue import find_releases
-from ml.rejected import forget_scope
+from ml.catalogue.catalogue import find_releases
+from ml.catalogue.rejected import forget_scope
 
 releases = dg.DynamicPartitionsDefinition(name="releases")
 

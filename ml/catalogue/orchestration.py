@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml import config
-from ml.catalogue import ReleaseState
+from ml.catalogue.catalogue import ReleaseState
 
 EXECUTORS = ("multiprocess", "in_process", "celery", "dask", "k8s")
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
-from ml.segmentation import PackedRows
+from ml.clips.segmentation import PackedRows
 
 SOURCES = ("audio", "features")
 
@@ -109,7 +109,7 @@ def model_input(batch: Batch, device: torch.device, log_mel: torch.nn.Module | N
         x = batch.log_mel.to(device, non_blocking=True).float()
     else:
         if log_mel is None:
-            raise ValueError("raw clips need a log-mel module (ml.features.LogMel)")
+            raise ValueError("raw clips need a log-mel module (ml.clips.features.LogMel)")
         audio = batch.audio.to(device, non_blocking=True)
         if audio_augment is not None:
             accompaniment = batch.accompaniment.to(device) if batch.accompaniment is not None else None

@@ -1,8 +1,8 @@
 """Vocal isolation (Spleeter 2-stems) for every clean track, and the rules that need the vocals.
 
-Two backends produce the same stems into the same kind of cache (``ml/stems.py``):
+Two backends produce the same stems into the same kind of cache (``ml/separation/stems.py``):
 
-* ``torch`` (default): the official weights in the PyTorch port of ``ml/unet.py``, streamed in
+* ``torch`` (default): the official weights in the PyTorch port of ``ml/separation/unet.py``, streamed in
   512-frame chunks (memory bounded whatever the length), chunks of several tracks batched
   together, on the device ``ml/device.py`` picks;
 * ``spleeter``: Deezer's own implementation in its own environment, driven by the `vocals`
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ml.stems import STEM_SAMPLE_RATE, StemCache, StemEntry
+from ml.separation.stems import STEM_SAMPLE_RATE, StemCache, StemEntry
 from ml.tables import REJECTED_SCHEMA, table_from_rows
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ VOCALS_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class SeparationParams:
     backend: str = "torch"
-    batch_chunks: int = 0  # 512-frame chunks (≈ 11.9 s each) per network call; 0: by device (ml/unet.py)
+    batch_chunks: int = 0  # 512-frame chunks (≈ 11.9 s each) per network call; 0: by device (ml/separation/unet.py)
     half_precision: bool = False  # CUDA only
     silent_below_dbfs: float = -60.0  # a whole mix quieter than this is silence
     vocal_frame_db: float = -20.0  # a 100 ms frame has vocals when its vocal level is within this of the mix's
@@ -98,7 +98,7 @@ class Failure:
 
 def checkpoint_sha256(model_dir: Path) -> str:
     """The official checkpoint's id: the SHA-256 of its weights file (both backends use it)."""
-    from ml.unet import file_sha256
+    from ml.separation.unet import file_sha256
 
     data = Path(model_dir) / "model.data-00000-of-00001"
     if not data.is_file():
@@ -275,7 +275,7 @@ def separate_with_torch(
     memory stays bounded whatever the lengths."""
     import torch
 
-    from ml.unet import SpleeterSeparator, load_spleeter
+    from ml.separation.unet import SpleeterSeparator, load_spleeter
 
     logger = logger or log
     if not tracks:

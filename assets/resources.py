@@ -87,6 +87,6 @@ class MlflowTracking(dg.ConfigurableResource):
     registered_model: str = "reconet-vocalist"
 
     def uri(self, root: Path) -> str:
-        from ml.tracking import tracking_uri
+        from ml.training.tracking import tracking_uri
 
         return tracking_uri(root, self.tracking_uri)
