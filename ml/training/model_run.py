@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -23,9 +24,10 @@ from ml import config
 from ml.clips.features import FeatureParams
 from ml.clips.loader import SegmentDataset
 from ml.device import device_from_params
+from ml.identification.backend import is_embedding_model
 from ml.models import build_model
 from ml.tables import write_text
-from ml.training.evaluation import Report, evaluate, predict
+from ml.training.evaluation import Predictions, Report, evaluate, predict
 from ml.training.training import TrainParams, dataset_sources, train
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     registered again: its recorded outcome is returned."""
     import mlflow
 
-    from ml.training.tracking import flatten, git_commit, mlflow_run
+    from ml.training.tracking import mlflow_run
 
     logger = logger or log
     settings = TrainParams.from_params(params)
@@ -93,6 +95,10 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     run_dir = paths.data / "models" / kind / digest
     run_dir.mkdir(parents=True, exist_ok=True)
     device = device_from_params(params)
+    if is_embedding_model(settings.model):
+        return _train_embedding_model(params, paths, kind, settings, train_rows, val_rows, classes, version, run_dir,
+                                      device, tracking_uri, experiment, registered_model if register else None,
+                                      logger)  # fmt: skip
     train_source, eval_source = dataset_sources(settings.model, settings.augment)
     train_set = SegmentDataset(train_rows, paths.data, classes, source=train_source)
     val_set = SegmentDataset(val_rows, paths.data, classes, source=eval_source)
@@ -105,11 +111,7 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     with mlflow_run(tracking_uri, experiment, f"{settings.model}-{kind}", run_id=previous_run) as run:
         write_text(run.info.run_id, run_id_file)
         if previous_run is None:
-            mlflow.log_params(flatten({s: params.get(s, {}) for s in LOGGED_SECTIONS}))
-            mlflow.log_params({"split_kind": kind, "classes": json.dumps(classes), "train_clips": len(train_set),
-                               "val_clips": len(val_set), "device": str(device)})  # fmt: skip
-            mlflow.set_tags({"data_version": version, "git_commit": git_commit(paths.root), "split_kind": kind,
-                             "model": settings.model})  # fmt: skip
+            _start_logging(params, paths, kind, settings, classes, len(train_set), len(val_set), version, device)
 
         def on_epoch(m) -> None:
             names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -127,6 +129,61 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     best = next((h for h in result.history if h.epoch == result.best_epoch), result.history[-1])
     return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
             "val_accuracy": best.val_accuracy, "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def _start_logging(params: dict[str, Any], paths: config.Paths, kind: str, settings: TrainParams, classes: list[str],
+                   train_clips: int, val_clips: int, version: str, device) -> None:  # fmt: skip
+    """What every run logs once, at its start: the shaping params.yaml sections, the data, the code."""
+    import mlflow
+
+    from ml.training.tracking import flatten, git_commit
+
+    mlflow.log_params(flatten({s: params.get(s, {}) for s in LOGGED_SECTIONS}))
+    mlflow.log_params({"split_kind": kind, "classes": json.dumps(classes), "train_clips": train_clips,
+                       "val_clips": val_clips, "device": str(device)})  # fmt: skip
+    mlflow.set_tags({"data_version": version, "git_commit": git_commit(paths.root), "split_kind": kind,
+                     "model": settings.model})  # fmt: skip
+
+
+def _train_embedding_model(params: dict[str, Any], paths: config.Paths, kind: str, settings: TrainParams,
+                           train_rows: pa.Table, val_rows: pa.Table, classes: list[str], version: str, run_dir: Path,
+                           device, tracking_uri: str, experiment: str, registered_model: str | None,
+                           logger) -> dict[str, Any]:  # fmt: skip
+    """An embedding model's run (``ml/training/embedding_run.py``): fitted in one go, so a run
+    that finished is returned as recorded, and one killed before ``model.json`` is fitted again."""
+    import mlflow
+
+    from ml.training import embedding_run
+    from ml.training.tracking import mlflow_run, register
+
+    started = time.perf_counter()
+    done = run_dir / "model.json"
+    if done.exists():
+        info = json.loads(done.read_text(encoding="utf-8"))
+        logger.info(f"the {kind} model was already trained with this configuration and data ({run_dir})")
+    else:
+        run_id_file = run_dir / "mlflow_run_id"
+        previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
+        logger.info(f"fitting {settings.model} on the {kind} split: {train_rows.num_rows} clips, {len(classes)} "
+                    f"artists, {val_rows.num_rows} validation clips, on {device}")  # fmt: skip
+        with mlflow_run(tracking_uri, experiment, f"{settings.model}-{kind}", run_id=previous_run) as run:
+            write_text(run.info.run_id, run_id_file)
+            if previous_run is None:
+                _start_logging(params, paths, kind, settings, classes, train_rows.num_rows, val_rows.num_rows,
+                               version, device)  # fmt: skip
+            info = embedding_run.fit_and_record(params, paths, kind, settings.model, settings.model_options,
+                                                train_rows, val_rows, classes, run_dir, run.info.run_id, version,
+                                                device, logger)  # fmt: skip
+            logged = embedding_run.log_bundle(run_dir, info)
+            if registered_model:
+                info["version"] = register(tracking_uri, run.info.run_id, logged.model_uri, registered_model)
+                mlflow.set_tag("registered_version", info["version"])
+                logger.info(f"registered {registered_model} version {info['version']}")
+            embedding_run.write_model_json(info, run_dir)
+            mlflow.log_artifact(str(done), "weights")
+    write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
+    return {**info, "epochs_run": 0, "resumed_from_epoch": 0, "val_accuracy": info["val_accuracy"],
+            "seconds": time.perf_counter() - started}  # fmt: skip
 
 
 def _record(result, run_dir: Path, run_id: str, settings: TrainParams, features: FeatureParams, classes: list[str],
@@ -192,17 +249,57 @@ def model_dir(paths: config.Paths, info: dict[str, Any]) -> Path:
     return recorded if recorded.is_absolute() else paths.data / recorded
 
 
-def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The latest model trained on split ``kind``, from its safetensors weights (no pickle)."""
+def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module | None, dict[str, Any]]:
+    """The latest model trained on split ``kind``, from its safetensors weights (no pickle); an
+    embedding model has no network of its own (None: its back-end is in its folder)."""
     from safetensors.torch import load_file
 
     current = paths.data / "models" / kind / "current.json"
     if not current.exists():
         raise FileNotFoundError(f"no model trained on the {kind} split yet ({current}): materialise `model` first")
     info = json.loads(current.read_text(encoding="utf-8"))
+    if is_embedding_model(info["model"]):
+        return None, info
     model = build_model(info["model"], len(info["classes"]), info["n_mels"], info["model_options"])
     model.load_state_dict(load_file(str(model_dir(paths, info) / "model.safetensors")))
     return model.eval(), info
+
+
+def predictions_of(model: torch.nn.Module | None, info: dict[str, Any], rows: pa.Table, params: dict[str, Any],
+                   paths: config.Paths, device: torch.device, logger=None) -> Predictions:  # fmt: skip
+    """Probabilities and embeddings of the clips in ``rows`` by the trained model ``info``."""
+    from ml.clips.features import LogMel
+
+    if model is None:  # an embedding model
+        from ml.training.embedding_run import predict_rows
+
+        probabilities, embeddings = predict_rows(info, model_dir(paths, info), rows, paths.data, device, logger)
+        genres = rows.column("over_genre").to_pylist() if "over_genre" in rows.column_names else [None] * len(rows)
+        index = {c: i for i, c in enumerate(info["classes"])}
+        return Predictions(probabilities, embeddings, np.array([index[a] for a in rows.column("artist").to_pylist()]),
+                           rows.column("track_id").to_pylist(), genres, list(info["classes"]))  # fmt: skip
+    _, source = dataset_sources(info["model"], augment=False)
+    dataset = SegmentDataset(rows, paths.data, info["classes"], source=source)
+    return predict(model, dataset, device, log_mel=LogMel(FeatureParams.from_params(params)).to(device))
+
+
+def open_set_figures(train: Predictions, test: Predictions, params: dict[str, Any], embedding_model: bool,
+                     ) -> dict[str, Any] | None:  # fmt: skip
+    """EER and identification rate at ``open_set.far`` with ``open_set.holdout_artists`` artists
+    held out of the references (``ml/identification/open_set.py``); None when too few artists.
+    An embedding model's vectors are in its back-end's standardised space already."""
+    from ml.identification import open_set
+
+    settings = open_set.OpenSetParams.from_params(params)
+    held_out = open_set.held_out_artists(train.classes, settings.holdout_artists, settings.seed)
+    if not held_out or not len(test.labels):
+        return None
+    names = lambda p: [p.classes[i] for i in p.labels]  # noqa: E731
+    identity = open_set.Normaliser(np.zeros(1), np.ones(1)) if embedding_model else None
+    figures = open_set.open_set_trial(train.embeddings, names(train), test.embeddings, names(test), test.track_ids,
+                                      held_out, settings.far, normaliser=identity)  # fmt: skip
+    figures["encoder_saw_held_out_artists"] = not embedding_model  # a network trained on them: optimistic
+    return figures
 
 
 def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, splits: pa.Table, segments: pa.Table,
@@ -217,22 +314,28 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
     logger = logger or log
     model, info = load_trained(paths, kind)
     device = device_from_params(params)
-    model = model.to(device)
+    if model is not None:
+        model = model.to(device)
     table = with_features(segments, features)
     test_rows = split_rows_of(splits, table, kind, "test")
     test_rows = test_rows.filter(pc.is_in(test_rows.column("artist"), pa.array(info["classes"])))
     if test_rows.num_rows == 0:
         raise ValueError(f"the {kind} split has no test clips")
-    _, source = dataset_sources(info["model"], augment=False)
-    dataset = SegmentDataset(test_rows, paths.data, info["classes"], source=source)
-    from ml.clips.features import LogMel
-
-    predictions = predict(model, dataset, device, log_mel=LogMel(FeatureParams.from_params(params)).to(device))
+    predictions = predictions_of(model, info, test_rows, params, paths, device, logger)
+    train_rows = split_rows_of(splits, table, kind, "train")
+    train_rows = train_rows.filter(pc.is_in(train_rows.column("artist"), pa.array(info["classes"])))
+    open_set_metrics = open_set_figures(predictions_of(model, info, train_rows, params, paths, device, logger),
+                                        predictions, params, model is None)  # fmt: skip
     out_dir = paths.reports / "evaluation" / kind
     report = evaluate(predictions, out_dir, f"{info['model']}, {kind} split")
     m = report.metrics
+    m["open_set"] = open_set_metrics
+    write_text(json.dumps(m, indent=1), report.files["metrics"])
     summary = {f"test_{level}_{name}": m[level][name] for level in ("segment", "song_majority", "song_mean_probability")
                for name in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")}  # fmt: skip
+    if open_set_metrics:
+        summary.update({"test_open_set_eer": open_set_metrics["eer"],
+                        "test_open_set_identification_rate_at_far": open_set_metrics["identification_rate_at_far"]})
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=info["run_id"]):
         mlflow.log_metrics(summary)

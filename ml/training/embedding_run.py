@@ -1,0 +1,136 @@
+"""One training run of an embedding model (``voice_embedding``, ``classical``, ``voice_fusion``;
+see ``ml/identification/backend.py``): embed the clips, fit the back-end, calibrate the open-set
+threshold, save, log to MLflow and register — the same record and files as a network's run
+(``model.json`` last, as the completion marker), so evaluation, enrolment and the registry treat
+both alike.
+
+The run folder holds ``backend.skops`` (the fitted pipeline), ``references.safetensors`` (one
+reference per singer in the back-end's space, enrolled singers included) and ``model.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ml import config
+from ml.identification import open_set
+from ml.identification.backend import (
+    BackendParams,
+    ClipEmbedder,
+    block_weights,
+    clip_embeddings,
+    fit_backend,
+    load_backend,
+    save_backend,
+    transform,
+)
+from ml.tables import atomic_path, write_text
+
+
+def embedder_for(info_or_settings: dict[str, Any], device) -> tuple[ClipEmbedder, BackendParams]:
+    name, options = info_or_settings["model"], info_or_settings.get("model_options", {})
+    settings = BackendParams.from_options(name, options)
+    return ClipEmbedder(name, settings, device), settings
+
+
+def save_references(refs: dict[str, np.ndarray], path: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({"vectors": np.stack(list(refs.values())).astype(np.float32)}, str(tmp),
+                  metadata={"singers": json.dumps(list(refs))})  # fmt: skip
+    return path
+
+
+def load_references(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "numpy") as f:
+        names = json.loads(f.metadata()["singers"])
+        vectors = f.get_tensor("vectors")
+    return dict(zip(names, vectors, strict=True))
+
+
+def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model_name: str, options: dict[str, Any],
+                   train_rows: pa.Table, val_rows: pa.Table, classes: list[str], run_dir: Path, run_id: str,
+                   version: str, device, logger) -> dict[str, Any]:  # fmt: skip
+    """Fit the back-end on ``train_rows``, score ``val_rows``, calibrate the open-set threshold, and
+    write the run folder; returns ``model.json``'s content (also logged to the active MLflow run)."""
+    import mlflow
+
+    started = time.perf_counter()
+    embedder, settings = embedder_for({"model": model_name, "model_options": options}, device)
+    x_train = clip_embeddings(train_rows, paths.data, embedder, logger)
+    x_val = clip_embeddings(val_rows, paths.data, embedder, logger)
+    y_train = train_rows.column("artist").to_pylist()
+    y_val = val_rows.column("artist").to_pylist()
+    embed_seconds = time.perf_counter() - started
+    seed = int(params.get("train", {}).get("seed", 0))
+    pipeline = fit_backend(settings, block_weights(embedder, settings), x_train, y_train, seed)
+    if list(pipeline.classes_) != sorted(classes, key=str):
+        raise ValueError(f"the back-end's classes {list(pipeline.classes_)} differ from the split's {classes}")
+    val_accuracy = float(pipeline.score(x_val, y_val)) if len(y_val) else float("nan")
+    identity = open_set.Normaliser(np.zeros(1), np.ones(1))  # the back-end's space is standardised already
+    t_train, t_val = transform(pipeline, x_train), transform(pipeline, x_val)
+    settings_open = open_set.OpenSetParams.from_params(params)
+    held_out = open_set.held_out_artists(classes, settings_open.holdout_artists, settings_open.seed)
+    calibration = None
+    if held_out:
+        calibration = open_set.open_set_trial(t_train, y_train, t_val, y_val, val_rows.column("track_id").to_pylist(),
+                                              held_out, settings_open.far, normaliser=identity)  # fmt: skip
+    refs = open_set.references(identity(np.concatenate([t_train, t_val])), y_train + y_val)
+    save_backend(pipeline, run_dir / "backend.skops")
+    save_references(refs, run_dir / "references.safetensors")
+    info = {"model": model_name, "model_options": options, "classes": classes, "kind": kind, "run_id": run_id,
+            "data_version": version, "best_epoch": 0, "version": None, "embedding": embedder.key,
+            "open_set": {"threshold": calibration["threshold"] if calibration else None,
+                         "far": settings_open.far, "calibrated_on": held_out,
+                         "val_eer": calibration["eer"] if calibration else None},
+            "enrolled": [], "val_accuracy": val_accuracy, "fit_seconds": time.perf_counter() - started,
+            "dir": run_dir.relative_to(run_dir.parents[2]).as_posix()}  # fmt: skip
+    mlflow.log_metrics({"val_accuracy": val_accuracy, "embed_seconds": embed_seconds,
+                        "fit_seconds": info["fit_seconds"]})  # fmt: skip
+    if calibration:
+        mlflow.log_metrics({"val_open_set_eer": calibration["eer"], "open_set_threshold": calibration["threshold"]})
+    logger.info(f"{model_name} on the {kind} split: validation accuracy {val_accuracy:.3f} "
+                f"({len(y_train)} training clips, {info['fit_seconds']:.0f} s)")  # fmt: skip
+    return info
+
+
+def log_bundle(run_dir: Path, info: dict[str, Any]):
+    """The run folder's files as an MLflow pyfunc model (``ml.identification.pyfunc``); ``info``
+    travels as ``bundle.json`` (``model.json`` is written after registration, as the marker)."""
+    import mlflow
+
+    write_text(json.dumps(info, indent=1), run_dir / "bundle.json")
+    from ml.identification.pyfunc import EmbeddingModel
+
+    artifacts = {name: str(run_dir / name) for name in ("backend.skops", "references.safetensors", "bundle.json")}
+    # requirements named here: MLflow's inference of them loads the model in a subprocess (a minute)
+    from importlib.metadata import version
+
+    requirements = [f"{p}=={version(p)}" for p in ("torch", "torchaudio", "scikit-learn", "skops", "resemblyzer",
+                                                   "safetensors", "numpy", "pandas")]  # fmt: skip
+    return mlflow.pyfunc.log_model(name="model", python_model=EmbeddingModel(), artifacts=artifacts,
+                                   pip_requirements=requirements)
+
+
+def write_model_json(info: dict[str, Any], run_dir: Path) -> None:
+    write_text(json.dumps(info, indent=1), run_dir / "model.json")
+
+
+def predict_rows(info: dict[str, Any], run_dir: Path, rows: pa.Table, data_dir: Path, device, logger=None):
+    """(probabilities (N, classes) in ``info['classes']`` order, embeddings in the back-end's space)."""
+    embedder, _ = embedder_for(info, device)
+    pipeline = load_backend(run_dir / "backend.skops")
+    x = clip_embeddings(rows, data_dir, embedder, logger)
+    order = [list(pipeline.classes_).index(c) for c in info["classes"]]
+    if not len(x):
+        return np.zeros((0, len(order))), np.zeros((0, 1))
+    return pipeline.predict_proba(x)[:, order], transform(pipeline, x)
