@@ -93,7 +93,11 @@ def main() -> None:
                 agree.append([list(r) for r in ours] == theirs)
             clips, _ = cut_clips(vocals, settings)
             duration = len(vocals) / settings.sample_rate
-            kept = [(c.start / settings.sample_rate, (c.start + c.length) / settings.sample_rate) for c in clips]
+            kept = [
+                (start / settings.sample_rate, (start + length) / settings.sample_rate)
+                for c in clips
+                for start, length in c.pieces
+            ]  # a joined clip: each of its stretches
             rate = 100.0  # 10 ms resolution
             n = int(duration * rate) + 1
             kept_mask = _intervals_to_mask(kept, n, rate)

@@ -1,5 +1,8 @@
 """Segments: silence detection (against pydub), clip cutting, ids, packed storage."""
 
+import hashlib
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -70,7 +73,7 @@ def test_nonsilent_edge_cases_match_pydub():
 @pytest.mark.parametrize("clip_s", [1.0, 3.0, 5.0, 10.0])
 def test_clips_of_any_length_cover_the_sung_regions(clip_s):
     audio = _bursts(48.0, SR, [(2.0, 27.0), (35.0, 36.0 + 0.6 * clip_s)])[:, 0]
-    settings = SegmentParams(clip_s=clip_s, hop_s=clip_s, min_silence_ms=1000, min_fraction=0.5)
+    settings = SegmentParams(clip_s=clip_s, hop_s=clip_s, min_silence_ms=1000, min_fraction=0.5, join_regions=False)
     clips, track_dbfs = cut_clips(audio, settings)
     regions = detect_nonsilent(audio, SR, 1000, track_dbfs - 16)
     assert len(regions) == 2 and regions[0][0] == pytest.approx(2000, abs=50)  # onsets found within ms
@@ -83,8 +86,73 @@ def test_clips_of_any_length_cover_the_sung_regions(clip_s):
         if remainder >= size / 2:
             expected.append((start + full * size, remainder))
     assert [(c.start, c.length) for c in clips] == expected
+    assert all(c.pieces == ((c.start, c.length),) for c in clips)  # each clip from one region
     assert any(c.length < size for c in clips)  # the second region always ends in a padded clip
     assert all(c.dbfs > track_dbfs - 16 for c in clips)
+
+
+@pytest.mark.parametrize(("clip_s", "hop_s"), [(1.0, 1.0), (3.0, 3.0), (5.0, 2.5), (10.0, 10.0)])
+def test_joined_regions_are_cut_as_one_stretch_of_voice(clip_s, hop_s):
+    audio = _bursts(48.0, SR, [(2.0, 7.3), (12.0, 13.1), (20.0, 27.0), (35.0, 36.0 + 0.6 * clip_s)])[:, 0]
+    settings = SegmentParams(clip_s=clip_s, hop_s=hop_s, min_silence_ms=1000, min_fraction=0.5)
+    clips, track_dbfs = cut_clips(audio, settings)
+    regions = detect_nonsilent(audio, SR, 1000, track_dbfs - 16)
+    assert len(regions) == 4
+    # the voice without its silences: sample indices of the track, one after the other
+    voiced = np.concatenate([np.arange(a * SR // 1000, b * SR // 1000) for a, b in regions])
+    size, hop = settings.clip_samples, settings.hop_samples
+    expected, position = [], 0
+    while len(voiced) - position >= size / 2:
+        expected.append(voiced[position : position + size])
+        if position + size >= len(voiced):
+            break
+        position += hop
+    assert [(c.start, c.length, c.end) for c in clips] == [(int(e[0]), len(e), int(e[-1]) + 1) for e in expected]
+    for clip, indices in zip(clips, expected, strict=True):
+        np.testing.assert_array_equal(clip.audio(audio), audio[indices])
+        assert sum(length for _, length in clip.pieces) == clip.length
+    assert any(len(c.pieces) > 1 for c in clips)  # some clips span a silence
+    assert len({c.start for c in clips}) == len(clips)  # distinct starts: distinct segment ids
+
+
+def test_sparse_phrases_give_clips_only_when_joined(tmp_path):
+    """Three 3 s phrases 3 s apart: no region holds half a clip, the three together do."""
+    phrases = [(3.0, 6.0), (9.0, 12.0), (15.0, 18.0)]
+    audio = _bursts(21.0, SR, phrases)[:, 0]
+    regions = detect_nonsilent(audio, SR, 2000, dbfs(audio) - 16)
+    assert [(round(a / 1000), round(b / 1000)) for a, b in regions] == [(3, 6), (9, 12), (15, 18)]
+    assert cut_clips(audio, SegmentParams(join_regions=False))[0] == []
+
+    clips, _ = cut_clips(audio, SegmentParams())
+    voice = np.concatenate([audio[a * SR // 1000 : b * SR // 1000] for a, b in regions])
+    assert len(clips) == 1 and clips[0].length == len(voice) and 8.5 * SR < len(voice) <= 9 * SR
+    np.testing.assert_array_equal(clips[0].audio(audio), voice)
+
+    stems = tmp_path / "stems"
+    (stems / "t").mkdir(parents=True)
+    sf.write(stems / "t" / "vocals.flac", audio, SR, subtype="PCM_16")
+    sf.write(stems / "t" / "accompaniment.flac", 0.5 * audio[::-1], SR, subtype="PCM_16")
+    table = pa.Table.from_pylist([{"track_id": "t", "release": "R", "path": "R/t.mp3", "vocals_path": "t/vocals.flac",
+                                   "accompaniment_path": "t/accompaniment.flac"}])  # fmt: skip
+    off = segment_release(table, stems, tmp_path / "off", "R", SegmentParams(join_regions=False))
+    assert off.segments.num_rows == 0 and off.rejected.column("reason").to_pylist() == ["no_segments"]
+
+    result = segment_release(table, stems, tmp_path / "data", "R", SegmentParams())
+    assert result.rejected.num_rows == 0
+    (row,) = result.segments.to_pylist()
+    assert row["start_s"] == pytest.approx(3.0, abs=0.05) and row["end_s"] == pytest.approx(18.0, abs=0.05)
+    assert row["voiced_s"] == pytest.approx(len(voice) / SR, abs=1e-3)
+    assert row["padding_s"] == pytest.approx(10.0 - row["voiced_s"], abs=1e-6)
+    # the packed clip is the three phrases back to back, then silence; the accompaniment the same stretches
+    stem, _ = sf.read(stems / "t" / "vocals.flac")
+    back, _ = sf.read(stems / "t" / "accompaniment.flac")
+    pieces = [slice(a * SR // 1000, b * SR // 1000) for a, b in regions]
+    clip = to_float(PackedRows.from_table(result.segments, tmp_path / "data")[:])[0]
+    accompaniment = to_float(PackedRows.from_table(result.segments, tmp_path / "data", "accompaniment_file")[:])[0]
+    n = len(voice)
+    np.testing.assert_allclose(clip[:n], np.concatenate([stem[p] for p in pieces]), atol=1e-4)
+    np.testing.assert_allclose(accompaniment[:n], np.concatenate([back[p] for p in pieces]), atol=1e-4)
+    assert not clip[n:].any() and not accompaniment[n:].any()
 
 
 def test_overlapping_windows_and_short_remainders():
@@ -113,6 +181,11 @@ def test_segment_ids_are_stable_and_depend_on_track_start_and_params():
            segment_id("t1", 0, b.digest())}  # fmt: skip
     assert len(ids) == 4
     assert SegmentParams(shard_mb=1).digest() == a.digest()  # storage settings do not change the clips
+    # join_regions: false cuts what was cut before the parameter existed, under the same ids
+    before = {"sample_rate": 16000, "clip_s": 10.0, "hop_s": 10.0, "silence_below_track_db": 16.0,
+              "min_silence_ms": 2000, "min_fraction": 0.5}  # fmt: skip
+    old_digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert SegmentParams(join_regions=False).digest() == old_digest != a.digest()
     with pytest.raises(ValueError, match="clip_len"):
         SegmentParams.from_params({"segments": {"clip_len": 10}})
 
@@ -143,16 +216,19 @@ def test_a_release_is_packed_into_shards_that_hold_exactly_the_clips(tmp_path):
     clips = to_float(PackedRows.from_table(table, data)[:])
     accompaniment = to_float(PackedRows.from_table(table, data, column="accompaniment_file").take([0]))
     assert clips.shape == (table.num_rows, settings.clip_samples)
-    for row, clip in zip(table.to_pylist(), clips, strict=True):  # each row holds its stretch of the stem
+    joined = 0
+    for row, clip in zip(table.to_pylist(), clips, strict=True):  # each row holds its stretches of the stem
         source, _ = sf.read(stems / f"{row['track_id']}/vocals.flac")
         resampled = resample_poly(source.mean(axis=1), 160, 441)  # 44.1 -> 16 kHz
-        start = round(row["start_s"] * SR)
-        length = round((row["end_s"] - row["start_s"]) * SR)
-        middle = slice(length // 2 - 2000, length // 2 + 2000)
-        expected = resampled[start : start + length][middle]
-        assert np.corrcoef(clip[middle], expected)[0, 1] > 0.99
+        start, end, length = (round(row[k] * SR) for k in ("start_s", "end_s", "voiced_s"))
+        head, tail = slice(1000, 5000), slice(length - 5000, length - 1000)
+        # it begins at start_s and its voice ends at end_s (a joined clip skips the silence between)
+        assert np.corrcoef(clip[head], resampled[start + 1000 : start + 5000])[0, 1] > 0.99
+        assert np.corrcoef(clip[tail], resampled[end - 5000 : end - 1000])[0, 1] > 0.99
         assert not clip[length + 10 :].any()  # padding is silence
-        assert row["padding_s"] == pytest.approx(10.0 - (row["end_s"] - row["start_s"]), abs=1e-3)
+        assert row["padding_s"] == pytest.approx(10.0 - row["voiced_s"], abs=1e-3)
+        joined += end - start > length + SR  # this clip spans a silence of more than a second
+    assert joined == 1  # t1's second clip: the end of its first region and the start of its second
     assert np.allclose(accompaniment[0, :SR], 0.1, atol=0.01)
 
 

@@ -7,10 +7,18 @@ For each track's vocal stem, at the model's sample rate (16 kHz mono by default)
    :func:`detect_nonsilent` gives exactly what ``pydub.silence.detect_nonsilent`` gives (same
    millisecond grid, same merging of overlapping silent windows), vectorised with cumulative
    sums instead of pydub's per-millisecond Python loop;
-2. cut each region into clips of ``clip_s`` seconds every ``hop_s`` seconds (hop < clip gives
-   overlapping windows); the region's last remainder becomes a clip padded with silence when it
-   is at least ``min_fraction`` of a clip;
+2. with ``join_regions`` (the report's split-on-silence, the default), join the non-silent
+   regions end to end, dropping the silences between them, and cut the joined voice into clips
+   of ``clip_s`` seconds every ``hop_s`` seconds (hop < clip gives overlapping windows): a song
+   sung in short phrases between long pauses still gives clips, each holding the phrases one
+   after the other. Without it, each region is cut on its own, and a region shorter than
+   ``min_fraction`` of a clip gives nothing. Either way the last remainder becomes a clip padded
+   with silence when it is at least ``min_fraction`` of a clip;
 3. drop clips quieter than the same threshold.
+
+A clip is taken from one or more stretches of the track (:attr:`Clip.pieces`); its ``start`` is
+the first sample taken, its end the last one, and ``length`` the samples of voice it holds. Only
+one clip's audio is ever copied at a time (no joined copy of the whole track).
 
 A segment's id is a uuid5 of (track id, start sample, segmentation parameters), so it is stable
 across runs and changes when the parameters do. Clips of one release are packed into one array
@@ -20,6 +28,7 @@ per clip: file systems and DVC are slow with hundreds of thousands of small file
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import uuid
@@ -44,8 +53,10 @@ SEGMENTS_SCHEMA = pa.schema(
         pa.field("album", pa.string()),
         pa.field("title", pa.string()),
         pa.field("over_genre", pa.string()),
-        pa.field("start_s", pa.float64(), nullable=False),  # in the track
-        pa.field("end_s", pa.float64(), nullable=False),  # of the audio taken from the track (before padding)
+        pa.field("start_s", pa.float64(), nullable=False),  # first sample taken from the track
+        pa.field("end_s", pa.float64(), nullable=False),  # end of the last sample taken from the track
+        pa.field("voiced_s", pa.float64(), nullable=False),  # audio taken from the track (< end_s - start_s
+        # when the clip joins voiced regions across the silences between them)
         pa.field("padding_s", pa.float64(), nullable=False),  # silence appended to reach the clip length
         pa.field("clip_dbfs", pa.float64(), nullable=False),
         pa.field("track_dbfs", pa.float64(), nullable=False),
@@ -66,6 +77,7 @@ class SegmentParams:
     silence_below_track_db: float = 16.0
     min_silence_ms: int = 2000
     min_fraction: float = 0.5  # the shortest padded remainder, as a fraction of a clip
+    join_regions: bool = True  # cut clips from the voiced regions joined end to end (silences dropped)
     shard_mb: int = 512  # packed clips per file, at most (bounds memory while segmenting)
 
     @classmethod
@@ -87,8 +99,11 @@ class SegmentParams:
         return round(self.hop_s * self.sample_rate)
 
     def digest(self) -> str:
-        """A short hash of the parameters that shape the clips: part of each segment id."""
+        """A short hash of the parameters that shape the clips: part of each segment id.
+        ``join_regions: false`` hashes as before the parameter existed (the same clips, the same ids)."""
         shaping = {k: v for k, v in asdict(self).items() if k != "shard_mb"}
+        if not shaping["join_regions"]:
+            del shaping["join_regions"]
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -145,9 +160,39 @@ def detect_nonsilent(
 
 @dataclass
 class Clip:
-    start: int  # sample index in the track
-    length: int  # samples taken from the track (≤ clip length; the rest is padding)
+    start: int  # first sample taken from the track
+    length: int  # samples taken from the track, all pieces together (≤ clip length; the rest is padding)
     dbfs: float
+    pieces: tuple[tuple[int, int], ...] = ()  # (start, length) stretches of the track, in order; () = (start, length)
+
+    def __post_init__(self) -> None:
+        if not self.pieces:
+            self.pieces = ((self.start, self.length),)
+
+    @property
+    def end(self) -> int:
+        """One past the last sample taken from the track."""
+        start, length = self.pieces[-1]
+        return start + length
+
+    def audio(self, track: np.ndarray) -> np.ndarray:
+        """The clip's audio from ``track`` (its pieces joined), without the padding."""
+        parts = [track[start : start + length] for start, length in self.pieces]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _take(run: Sequence[tuple[int, int]], offsets: Sequence[int], position: int, length: int) -> tuple:
+    """The (start, length) pieces of the track that hold samples [position, position + length) of
+    the regions ``run`` joined end to end (``offsets``: where each region starts in the join)."""
+    i = bisect.bisect_right(offsets, position) - 1
+    pieces = []
+    while length > 0:
+        start, end = run[i]
+        begin = start + position - offsets[i]
+        take = min(length, end - begin)
+        pieces.append((begin, take))
+        position, length, i = position + take, length - take, i + 1
+    return tuple(pieces)
 
 
 def cut_clips(audio: np.ndarray, settings: SegmentParams) -> tuple[list[Clip], float]:
@@ -156,22 +201,31 @@ def cut_clips(audio: np.ndarray, settings: SegmentParams) -> tuple[list[Clip], f
     if not np.isfinite(track_dbfs):
         return [], track_dbfs
     threshold = track_dbfs - settings.silence_below_track_db
-    regions = detect_nonsilent(audio, settings.sample_rate, settings.min_silence_ms, threshold)
+    regions = []  # [start, end) in samples
+    for start_ms, end_ms in detect_nonsilent(audio, settings.sample_rate, settings.min_silence_ms, threshold):
+        start = min(start_ms * settings.sample_rate // 1000, len(audio))
+        end = min(end_ms * settings.sample_rate // 1000, len(audio))
+        if start < end:
+            regions.append((start, end))
+    # what is cut: all the regions joined end to end, or each region on its own
+    runs = ([regions] if regions else []) if settings.join_regions else [[region] for region in regions]
     size, hop = settings.clip_samples, settings.hop_samples
     min_length = int(np.ceil(settings.min_fraction * size))
     clips = []
-    for start_ms, end_ms in regions:
-        start = min(start_ms * settings.sample_rate // 1000, len(audio))
-        end = min(end_ms * settings.sample_rate // 1000, len(audio))
-        position = start
-        while position < end:
-            length = min(size, end - position)
+    for run in runs:
+        offsets = np.concatenate([[0], np.cumsum([end - start for start, end in run])]).tolist()
+        total, position = offsets[-1], 0
+        while position < total:
+            length = min(size, total - position)
             if length < min_length:
                 break
-            level = dbfs(audio[position : position + length]) + 20 * np.log10(np.sqrt(length / size))
+            pieces = _take(run, offsets, position, length)
+            clip = Clip(pieces[0][0], length, 0.0, pieces)
+            level = dbfs(clip.audio(audio)) + 20 * np.log10(np.sqrt(length / size))
             if level >= threshold:  # the level of the padded clip, silence included
-                clips.append(Clip(position, length, float(level)))
-            if position + size >= end:
+                clip.dbfs = float(level)
+                clips.append(clip)
+            if position + size >= total:
                 break
             position += hop
     return clips, track_dbfs
@@ -186,7 +240,7 @@ def pack(audio: np.ndarray, clips: Iterable[Clip], size: int) -> np.ndarray:
     clips = list(clips)
     packed = np.zeros((len(clips), size), np.int16)
     for row, clip in enumerate(clips):
-        packed[row, : clip.length] = np.round(np.clip(audio[clip.start : clip.start + clip.length], -1, 1) * 32767)
+        packed[row, : clip.length] = np.round(np.clip(clip.audio(audio), -1, 1) * 32767)
     return packed
 
 
@@ -269,7 +323,9 @@ def segment_release(
             continue
         clips, track_dbfs = cut_clips(vocal, settings)
         if not clips:
-            reject("no_segments", f"no sung stretch long and loud enough for a {settings.clip_s:g} s clip "
+            enough = (f"no {settings.min_fraction * settings.clip_s:g} s of voice (all its sung stretches together)"
+                      if settings.join_regions else "no sung stretch long and")  # fmt: skip
+            reject("no_segments", f"{enough} loud enough for a {settings.clip_s:g} s clip "
                                   f"(track at {track_dbfs:.1f} dBFS)")  # fmt: skip
             continue
         if rows_in_shard + len(clips) > shard_rows and rows_in_shard:
@@ -286,7 +342,8 @@ def segment_release(
                     "segment_id": segment_id(track["track_id"], clip.start, digest),
                     **{k: track.get(k) for k in ("track_id", "release", "artist", "album", "title", "over_genre")},
                     "start_s": clip.start / settings.sample_rate,
-                    "end_s": (clip.start + clip.length) / settings.sample_rate,
+                    "end_s": clip.end / settings.sample_rate,
+                    "voiced_s": clip.length / settings.sample_rate,
                     "padding_s": (size - clip.length) / settings.sample_rate,
                     "clip_dbfs": clip.dbfs,
                     "track_dbfs": track_dbfs,

@@ -65,9 +65,10 @@ class SeparationParams:
     batch_chunks: int = 0  # 512-frame chunks (≈ 11.9 s each) per network call; 0: by device (ml/separation/unet.py)
     half_precision: bool = False  # CUDA only
     silent_below_dbfs: float = -60.0  # a whole mix quieter than this is silence
-    vocal_frame_db: float = -20.0  # a 100 ms frame has vocals when its vocal level is within this of the mix's
+    vocal_frame_db: float = -15.0  # a 100 ms frame has vocals when its vocal level is within this of its mix level
+    vocal_frame_floor_db: float = -40.0  # ...and above the track's mix level plus this (not a fade, not a pause)
     vocal_frame_floor_dbfs: float = -50.0  # ...and above this absolute level
-    min_vocal_fraction: float = 0.05  # fewer vocal frames than this: instrumental
+    min_vocal_fraction: float = 0.01  # fewer vocal frames than this: instrumental
 
     @classmethod
     def from_params(cls, params: dict[str, Any], backend: str | None = None) -> SeparationParams:
@@ -333,12 +334,20 @@ class Assessment:
 
 
 def vocal_active_fraction(entry: StemEntry, settings: SeparationParams) -> float:
-    """Share of 100 ms frames where the vocal stem is audible against the mix."""
-    vocal_db, _ = entry.activity()
+    """Share of 100 ms frames where the vocal stem is audible against the mix.
+
+    A frame counts when the vocal stem holds a real share of that frame's mix (within
+    ``vocal_frame_db`` of it) and the frame is not near-silence (above the track's level plus
+    ``vocal_frame_floor_db``, and above ``vocal_frame_floor_dbfs``). Compared with the frame's own
+    mix rather than the whole track's, singing a few dB under the music still counts in quiet
+    passages, while what the separation leaks from instruments stays out: on MIR-1K mixes, vocals
+    10 dB under the music are audible in 15-90 % of the frames, 7 of the 10 accompaniments alone
+    in none (the other 3 carry voice-like leads, vocals to any rule), the demo's instrumental in none."""
+    vocal_db, mix_db = entry.activity()
     if not len(vocal_db):
         return 0.0
-    threshold = max(entry.meta["mix_dbfs"] + settings.vocal_frame_db, settings.vocal_frame_floor_dbfs)
-    return float(np.mean(vocal_db > threshold))
+    floor = max(entry.meta["mix_dbfs"] + settings.vocal_frame_floor_db, settings.vocal_frame_floor_dbfs)
+    return float(np.mean((vocal_db - mix_db > settings.vocal_frame_db) & (vocal_db > floor)))
 
 
 def assess(
@@ -376,7 +385,7 @@ def assess(
         if active < settings.min_vocal_fraction:
             reject(
                 "instrumental",
-                f"vocals audible in {active:.1%} of the track (< {settings.min_vocal_fraction:.0%}); "
+                f"vocals audible in {active:.1%} of the track (< {settings.min_vocal_fraction:.1%}); "
                 f"vocal stem at {meta['vocal_to_mix_db']:.1f} dB of the mix",
             )
             continue
