@@ -234,6 +234,29 @@ def ui(port: int) -> int:
     os.execv(cmd[0], cmd)
 
 
+def enrol(artist: str, files: list[Path], kind: str | None) -> int:
+    """Add a singer to the trained model from 1–3 recordings (ml/identification/enrolment.py)."""
+    import logging
+
+    from ml.identification.enrolment import enrol as enrol_singer
+    from ml.training.tracking import tracking_uri
+    from ml.training.training import TrainParams
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    params, paths = config.load_params(), config.paths()
+    kind = kind or TrainParams.from_params(params).split_kind
+    try:
+        info = enrol_singer(params, paths, kind, artist, files, tracking_uri(paths.root), "reconet",
+                            "reconet-vocalist")  # fmt: skip
+    except ValueError as exc:
+        console.print(f"[red]reconet enrol: {escape(str(exc))}[/red]")
+        return 1
+    entry = info["enrolled"][-1]
+    console.print(f"enrolled {escape(entry['artist'])} from {len(files)} recording(s), {entry['clips']} clips, "
+                  f"into the {kind} model (registered version {info.get('version')})")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reconet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     stage = sub.add_parser("materialize", help="materialise one pipeline stage (a dvc.yaml stage) for every partition")
     stage.add_argument("stage", choices=list(STAGES))
     stage.add_argument("--library", help="music library folder (default: RECONET_LIBRARY or params.yaml)")
+    enrol_parser = sub.add_parser("enrol", help="add a singer to the trained model from 1-3 recordings (no retraining)")
+    enrol_parser.add_argument("--artist", required=True, help="the singer's name")
+    enrol_parser.add_argument("--kind", help="the split kind's model (default: train.split_kind)")
+    enrol_parser.add_argument("files", nargs="+", type=Path, help="1 to 3 recordings of the singer")
     ui_parser = sub.add_parser("ui", help="open the Dagster UI on 127.0.0.1")
     ui_parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
@@ -260,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             return materialize(args.stage, args.library)
         if args.command == "register-releases":
             return register(args.library)
+        if args.command == "enrol":
+            return enrol(args.artist, args.files, args.kind)
         return ui(args.port)
     except (FileNotFoundError, FileExistsError, RuntimeError) as exc:
         console.print(f"[red]reconet: {exc}[/red]")

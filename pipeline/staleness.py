@@ -34,11 +34,13 @@ STEP_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "segments": (("segments",), ("ml/clips/segmentation.py", "assets/segments.py")),
     "features": (("features",), ("ml/clips/features.py", "assets/segments.py")),
     "splits": (("splits",), ("ml/training/splits.py", "assets/training.py")),
-    "model": (("features", "train", "models", "augment"),
+    "model": (("features", "train", "models", "augment", "open_set"),
               ("ml/training/training.py", "ml/clips/loader.py", "ml/clips/augment", "ml/models",
-               "ml/training/model_run.py", "assets/training.py")),
-    "evaluation": (("features", "train", "models"),
-                   ("ml/training/evaluation.py", "ml/training/model_run.py", "assets/training.py")),
+               "ml/training/model_run.py", "ml/training/embedding_run.py", "ml/identification",
+               "assets/training.py")),
+    "evaluation": (("features", "train", "models", "open_set"),
+                   ("ml/training/evaluation.py", "ml/training/model_run.py", "ml/training/embedding_run.py",
+                    "ml/identification", "assets/training.py")),
 }  # fmt: skip
 
 # params.yaml keys that change how fast a step runs, not what it makes (dvc.yaml leaves them out too)

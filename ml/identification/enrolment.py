@@ -1,0 +1,135 @@
+"""Enrolling a singer without retraining, and naming the singer of a set of clips.
+
+``reconet enrol --artist NAME FILE...`` turns 1–3 recordings into clips the way the pipeline does
+(the torch separation backend into the project's stem cache, then the clip cutting of
+params.yaml's ``segments``), embeds them with the trained embedding model, and stores the mean as
+the singer's reference beside the model (``references.safetensors``). The model folder is then
+logged as a new version of the registered model, tagged with the enrolled singer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml import config
+from ml.identification import open_set
+
+log = logging.getLogger(__name__)
+MAX_ENROL_FILES = 3
+
+
+def recording_clips(path: Path, params: dict[str, Any], paths: config.Paths, device, logger=None) -> np.ndarray:
+    """The vocal clips (N, samples) float32 of one recording, cut as the pipeline cuts a song."""
+    from ml.audio import load_audio, to_mono
+    from ml.clips.segmentation import SegmentParams, cut_clips, pack
+    from ml.separation.separation import SeparationInput, SeparationParams, checkpoint_sha256, separate_with_torch
+    from ml.separation.stems import StemCache
+
+    logger = logger or log
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    track_id = f"enrol-{digest[:32]}"
+    separation = SeparationParams.from_params(params, backend="torch")
+    cache = StemCache(paths.vocals, "torch", checkpoint_sha256(paths.spleeter_checkpoint))
+    if cache.get(track_id) is None:
+        failures = separate_with_torch([SeparationInput(track_id, path.resolve())], cache, paths.spleeter_weights,
+                                       device, separation, logger=logger)  # fmt: skip
+        if failures:
+            raise ValueError(f"{path}: {failures[0].reason}: {failures[0].detail}")
+    entry = cache.get(track_id)
+    settings = SegmentParams.from_params(params)
+    vocals = to_mono(load_audio(entry.vocals, settings.sample_rate, stereo=False))
+    clips, _ = cut_clips(vocals, settings)
+    if not clips:
+        raise ValueError(f"{path}: no singing found (no clip of voice in its separated vocals)")
+    return pack(vocals, clips, settings.clip_samples).astype(np.float32) / 32767
+
+
+def song_vector(info: dict[str, Any], run_dir: Path, clips: np.ndarray, device) -> np.ndarray:
+    """The clips' reference vector in the model's space (unit length)."""
+    from ml.identification.backend import load_backend, transform
+    from ml.training.embedding_run import embedder_for
+
+    embedder, _ = embedder_for(info, device)
+    vectors = transform(load_backend(run_dir / "backend.skops"), embedder.embed(torch.from_numpy(clips)))
+    identity = open_set.Normaliser(np.zeros(1), np.ones(1))
+    return open_set.references(identity(vectors), ["x"] * len(vectors))["x"]
+
+
+def identify_clips(info: dict[str, Any], run_dir: Path, clips: np.ndarray, device) -> dict[str, Any]:
+    """Every reference's cosine score for the clips of one recording, best first, and the answer:
+    the best singer, or "unknown" when the best score is below the model's open-set threshold."""
+    from ml.training.embedding_run import load_references
+
+    refs = load_references(run_dir / "references.safetensors")
+    names, scores = open_set.score(song_vector(info, run_dir, clips, device)[None], refs)
+    ranking = sorted(zip(names, scores[0].tolist(), strict=True), key=lambda x: -x[1])
+    threshold = (info.get("open_set") or {}).get("threshold")
+    known = threshold is None or ranking[0][1] >= threshold
+    return {"singer": ranking[0][0] if known else "unknown", "score": ranking[0][1], "threshold": threshold,
+            "ranking": ranking}  # fmt: skip
+
+
+def enrol_clips(info: dict[str, Any], run_dir: Path, artist: str, clips: np.ndarray, device,
+                sources: list[str]) -> dict[str, Any]:  # fmt: skip
+    """Add (or replace) ``artist``'s reference from ``clips``; returns the updated ``info``."""
+    from ml.tables import write_text
+    from ml.training.embedding_run import load_references, save_references
+
+    artist = artist.strip()
+    if not artist:
+        raise ValueError("an enrolled singer needs a name (--artist)")
+    refs = load_references(run_dir / "references.safetensors")
+    refs[artist] = song_vector(info, run_dir, clips, device).astype(np.float32)
+    save_references(refs, run_dir / "references.safetensors")
+    enrolled = [e for e in info.get("enrolled", []) if e["artist"] != artist]
+    info = {**info, "enrolled": [*enrolled, {"artist": artist, "clips": int(len(clips)), "sources": sources}]}
+    write_text(json.dumps(info, indent=1), run_dir / "model.json")
+    return info
+
+
+def enrol(params: dict[str, Any], paths: config.Paths, kind: str, artist: str, files: list[Path], tracking_uri: str,
+          experiment: str, registered_model: str | None, logger=None) -> dict[str, Any]:  # fmt: skip
+    """``reconet enrol``: the singer's reference from 1–3 recordings, stored with the ``kind`` model
+    and logged (and registered, when ``registered_model``) as a new model version."""
+    import mlflow
+
+    from ml.device import device_from_params
+    from ml.tables import write_text
+    from ml.training.embedding_run import log_bundle
+    from ml.training.model_run import load_trained, model_dir
+    from ml.training.tracking import mlflow_run, register
+
+    logger = logger or log
+    if not 1 <= len(files) <= MAX_ENROL_FILES:
+        raise ValueError(f"enrol a singer from 1 to {MAX_ENROL_FILES} recordings (got {len(files)})")
+    model, info = load_trained(paths, kind)
+    if model is not None:
+        raise ValueError(f"the {kind} model is a {info['model']} network: enrolment needs an embedding model "
+                         "(train.model: voice_embedding, voice_fusion or classical)")  # fmt: skip
+    device = device_from_params(params)
+    run_dir = model_dir(paths, info)
+    clips = []
+    for path in files:
+        logger.info(f"separating and cutting {path}")
+        clips.append(recording_clips(Path(path), params, paths, device, logger))
+    info = enrol_clips(info, run_dir, artist, np.concatenate(clips), device, [Path(f).name for f in files])
+    with mlflow_run(tracking_uri, experiment, f"enrol-{kind}") as run:
+        mlflow.set_tags({"enrolled_artist": artist, "base_run_id": info["run_id"], "split_kind": kind,
+                         "model": info["model"]})  # fmt: skip
+        mlflow.log_params({"artist": artist, "recordings": len(files), "clips": info["enrolled"][-1]["clips"]})
+        logged = log_bundle(run_dir, info)
+        if registered_model:
+            info["version"] = register(tracking_uri, run.info.run_id, logged.model_uri, registered_model)
+            logger.info(f"registered {registered_model} version {info['version']} with {artist} enrolled")
+    write_text(json.dumps(info, indent=1), run_dir / "model.json")
+    write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
+    return info

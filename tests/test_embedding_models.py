@@ -1,0 +1,137 @@
+"""The embedding models (voice_embedding, classical, voice_fusion) through the same training and
+evaluation path as the networks; open-set figures; enrolment of a new singer without retraining,
+and "unknown" for a voice never enrolled."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ml import config
+from ml.identification import open_set
+from ml.training.splits import SplitParams, split_segments
+
+SR = 16000
+CLIP_S = 3
+# each synthetic "voice": its pitch, its vibrato rate and the tilt of its harmonics
+VOICES = {"Ada": (110.0, 4.5, 0.9), "Bo": (165.0, 5.5, 1.6), "Cy": (220.0, 6.0, 0.6), "Di": (290.0, 5.0, 1.2),
+          "Ed": (380.0, 6.5, 2.0), "Fay": (480.0, 4.0, 0.8), "Gus": (75.0, 8.0, 0.3)}  # fmt: skip
+
+
+def _voice(f0: float, vibrato_hz: float, tilt: float, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(CLIP_S * SR) / SR
+    pitch = f0 * (1 + 0.02 * rng.standard_normal()) * (1 + 0.01 * np.sin(2 * np.pi * vibrato_hz * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / SR
+    voice = sum(np.sin(h * phase + rng.uniform(0, 6)) / h**tilt for h in range(1, 12))
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, 6)) ** 2
+    return 0.2 * voice * envelope / np.abs(voice).max() + 0.003 * rng.standard_normal(len(t))
+
+
+def _project(tmp_path, artists, songs_per_album=2, clips_per_song=3, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, clips = [], []
+    for artist in artists:
+        for album in range(2):
+            for song in range(songs_per_album):
+                track = f"{artist}-{album}-{song}"
+                for c in range(clips_per_song):
+                    rows.append({"segment_id": f"{track}-{c}", "track_id": track, "artist": artist,
+                                 "album": f"{artist} {album}", "over_genre": "Pop"})  # fmt: skip
+                    clips.append(_voice(*VOICES[artist], rng))
+    packed = np.round(np.stack(clips) * 32767).astype(np.int16)
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True, exist_ok=True)
+    np.save(data / "segments" / "v.npy", packed)
+    n = len(rows)
+    segments = pa.Table.from_pylist(rows)
+    segments = segments.append_column("audio_file", pa.array(["segments/v.npy"] * n))
+    segments = segments.append_column("accompaniment_file", pa.array(["segments/v.npy"] * n))
+    segments = segments.append_column("audio_row", pa.array(range(n)))
+    features = pa.table({"segment_id": segments.column("segment_id"), "feature_file": ["unused"] * n,
+                         "feature_row": pa.array(range(n), pa.int32())})  # fmt: skip
+    return segments, features, packed
+
+
+def _params(model: str) -> dict:
+    params = config.load_params()
+    params["train"] = {**params["train"], "model": model}
+    params["open_set"] = {"holdout_artists": 2, "far": 0.05, "seed": 0}
+    return params
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RECONET_REPORTS_DIR", str(tmp_path / "reports"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("model_name", ["voice_embedding", "classical", "voice_fusion"])
+def test_embedding_model_trains_registers_and_names_held_out_songs(env, model_name):
+    from mlflow.tracking import MlflowClient
+
+    from ml.training.model_run import evaluate_and_log, train_and_log
+
+    artists = list(VOICES)[:6]
+    segments, features, _ = _project(env, artists)
+    params = _params(model_name)
+    paths = config.paths(params)
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",), min_songs=3))
+    uri = f"sqlite:///{env / 'mlflow.db'}"
+    out = train_and_log(params, paths, "song", splits, segments, features, uri, "t", register=True)
+    assert out["model"] == model_name and out["version"] == "1" and out["classes"] == sorted(artists)
+    run = MlflowClient(uri).get_run(out["run_id"])
+    assert run.data.tags["model"] == model_name and "val_accuracy" in run.data.metrics
+    report = evaluate_and_log(params, paths, "song", splits, segments, features, uri,
+                              registered_model="reconet-vocalist")  # fmt: skip
+    m = report.metrics
+    chance = 1 / len(artists)
+    assert m["song_mean_probability"]["accuracy"] >= 0.8 > 3 * chance  # a broken model sits near 1/6
+    assert m["segment"]["count"] == sum(s == "test" for s in splits.column("split").to_pylist())
+    figures = m["open_set"]
+    assert len(figures["held_out_artists"]) == 2 and not figures["encoder_saw_held_out_artists"]
+    assert 0 <= figures["eer"] <= 0.5 and figures["unknown_songs"] >= 2
+    assert m["champion"]["promoted"]
+    again = train_and_log(params, paths, "song", splits, segments, features, uri, "t", register=True)
+    assert again["run_id"] == out["run_id"] and again["version"] == "1"  # finished: not refitted or registered
+
+
+def test_enrolling_a_new_singer_names_their_other_songs_and_an_unenrolled_voice_is_unknown(env):
+    from ml.identification.enrolment import enrol_clips, identify_clips
+    from ml.training.model_run import load_trained, model_dir, train_and_log
+
+    known = list(VOICES)[:5]
+    segments, features, _ = _project(env, known)
+    params = _params("voice_fusion")
+    paths = config.paths(params)
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",), min_songs=3))
+    uri = f"sqlite:///{env / 'mlflow.db'}"
+    train_and_log(params, paths, "song", splits, segments, features, uri, "t", register=False)
+    _, info = load_trained(paths, "song")
+    run_dir = model_dir(paths, info)
+    assert info["open_set"]["threshold"] is not None
+
+    rng = np.random.default_rng(7)
+    song = lambda artist, n=3: np.stack([_voice(*VOICES[artist], rng) for _ in range(n)]).astype(np.float32)  # noqa: E731
+    # before enrolment Fay is nobody the model knows; Ada is
+    assert identify_clips(info, run_dir, song("Ada"), "cpu")["singer"] == "Ada"
+    assert identify_clips(info, run_dir, song("Fay"), "cpu")["singer"] == "unknown"
+    info = enrol_clips(info, run_dir, "Fay", song("Fay"), "cpu", sources=["fay.flac"])
+    assert [e["artist"] for e in info["enrolled"]] == ["Fay"]
+    assert json.loads((run_dir / "model.json").read_text())["enrolled"][0]["clips"] == 3
+    for _ in range(3):  # Fay's other songs
+        assert identify_clips(info, run_dir, song("Fay"), "cpu")["singer"] == "Fay"
+    assert identify_clips(info, run_dir, song("Gus"), "cpu")["singer"] == "unknown"  # never enrolled
+    assert identify_clips(info, run_dir, song("Bo"), "cpu")["singer"] == "Bo"
+
+
+def test_open_set_figures_against_hand_computed_values():
+    genuine, impostor = np.array([0.9, 0.8, 0.7, 0.4]), np.array([0.1, 0.3, 0.5, 0.2])
+    eer, _ = open_set.equal_error_rate(genuine, impostor)
+    assert eer == pytest.approx(0.25)  # at 0.5: 1 of 4 impostors accepted, 1 of 4 genuine rejected
+    threshold = open_set.threshold_at_far(np.linspace(0, 1, 20), 0.05)
+    assert threshold > 0.9473 and (np.linspace(0, 1, 20) >= threshold).mean() <= 0.05
+    assert open_set.held_out_artists(["a", "b", "c"], 2, 0) == []  # too few left to tell apart
+    chosen = open_set.held_out_artists(list("abcdefg"), 2, 0)
+    assert len(chosen) == 2 and open_set.held_out_artists(list("abcdefgh"), 2, 0) != [] and set(chosen) <= set("abcdefg")
