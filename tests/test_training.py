@@ -104,11 +104,13 @@ def _tiny_project(tmp_path):
         "crnn": {"filters": [8, 16, 16, 16], "gru_units": 16},
         "reconet": {"stem": 8, "growth": 8, "dense_layers": [2, 2], "wave_channels": 16, "wave_stacks": 1,
                     "wave_layers": 4},
+        "speaker_net": {"channels": [32, 32, 32, 32, 96], "attention_channels": 16, "se_channels": 16,
+                        "lin_neurons": 48},
     }  # fmt: skip
     return params, segments, feature_table
 
 
-@pytest.mark.parametrize("model_name", ["crnn", "reconet"])
+@pytest.mark.parametrize("model_name", ["crnn", "reconet", "speaker_net"])
 def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_version(tmp_path, monkeypatch,
                                                                                    model_name):  # fmt: skip
     from ml.training.model_run import evaluate_and_log, train_and_log

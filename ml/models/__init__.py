@@ -1,6 +1,8 @@
 """Vocalist classifiers, chosen by name in params.yaml (``train.model``), each with its options in
 ``models.<name>``. Every model has ``embed(log_mel[, audio])`` (the penultimate layer) and
-``classifier``; a model with ``needs_audio`` takes the raw clip too."""
+``classifier``; a model with ``needs_audio`` takes the raw clip too. A model with a ``loss(scores,
+labels, weight=None)`` method (speaker_net's additive angular margin) is trained with it in place of
+the cross-entropy."""
 
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ def model_class(name: str) -> type[nn.Module]:
         from ml.models.reconet import ReconetDual
 
         return ReconetDual
-    raise ValueError(f"unknown model {name!r}: choose crnn or reconet")
+    if name == "speaker_net":
+        from ml.models.speaker_net import SpeakerNet
+
+        return SpeakerNet
+    raise ValueError(f"unknown model {name!r}: choose crnn, reconet or speaker_net")
 
 
 def build_model(name: str, n_classes: int, n_mels: int, options: dict[str, Any] | None = None) -> nn.Module:

@@ -9,8 +9,10 @@ Two branches look at the same clip and meet before the classifier:
   average-pooled to an embedding.
 
 The two embeddings are concatenated (the clip's embedding, :meth:`ReconetDual.embed`), then
-dropout and a linear classifier. Widths and depths are configurable; the defaults train on two
-CPU cores at demo scale.
+dropout and a linear classifier. With ``voice_embedding`` a third, frozen branch joins them: the
+clip's pretrained GE2E d-vector (``ml.models.voice_branch.FrozenVoiceEncoder``), scaled by √256 so
+that its entries are of the order of the other branches' (a unit vector's are about 0.06). Widths
+and depths are configurable; the defaults train on two CPU cores at demo scale.
 """
 
 from __future__ import annotations
@@ -88,19 +90,30 @@ class ReconetDual(nn.Module):
 
     def __init__(self, n_classes: int, n_mels: int = 128, stem: int = 16, growth: int = 12,
                  dense_layers: tuple[int, ...] = (3, 3, 3), wave_channels: int = 32, wave_stacks: int = 2,
-                 wave_layers: int = 6, wave_stride: int = 64, dropout: float = 0.3) -> None:  # fmt: skip
+                 wave_layers: int = 6, wave_stride: int = 64, dropout: float = 0.3,
+                 voice_embedding: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.input_norm = nn.BatchNorm1d(n_mels)
         self.spectrogram = DenseNetBranch(stem, growth, dense_layers)
         self.waveform = WaveNetBranch(wave_channels, wave_stacks, wave_layers, wave_stride)
         self.embedding_size = self.spectrogram.out_features + self.waveform.out_features
+        if voice_embedding:
+            from ml.models.voice_branch import FrozenVoiceEncoder
+
+            self.voice = FrozenVoiceEncoder()
+            self.embedding_size += self.voice.embedding_size
+        else:
+            self.voice = None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.embedding_size, n_classes)
 
     def embed(self, log_mel: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
         if audio is None:
             raise ValueError("the reconet model needs the raw clip as well as its log-mel")
-        return torch.cat([self.spectrogram(self.input_norm(log_mel)), self.waveform(audio)], dim=1)
+        branches = [self.spectrogram(self.input_norm(log_mel)), self.waveform(audio)]
+        if self.voice is not None:
+            branches.append(self.voice(audio).to(branches[0].dtype) * self.voice.embedding_size**0.5)
+        return torch.cat(branches, dim=1)
 
     def forward(self, log_mel: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
         return self.classifier(self.dropout(self.embed(log_mel, audio)))

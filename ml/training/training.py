@@ -3,6 +3,8 @@
 Adam with weight decay 1e-6, ReduceLROnPlateau on the validation loss, early stopping on it (the
 best epoch's weights are kept; neither acts during the first ``warmup_epochs``, while the batch-norm
 statistics that evaluation uses are still settling), class-balanced sampling or loss weights, mixed precision on CUDA.
+The loss is the cross-entropy, or the model's own ``loss(scores, labels, weight=None)`` where it has one
+(speaker_net's additive angular margin); validation always takes the cross-entropy of the scores.
 Batches come from ``ml/clips/loader.py``: raw clips augmented on the device and turned into log-mels
 there (``train.augment: true``), or the cached log-mels.
 
@@ -17,6 +19,7 @@ loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -192,7 +195,11 @@ def train(
     )
     counts = train_set.class_counts().double()
     weights = (counts.sum() / (len(counts) * counts.clamp_min(1))).float() if settings.balance == "loss" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    class_weights = weights.to(device) if weights is not None else None
+    loss_fn: Callable = nn.CrossEntropyLoss(weight=class_weights)
+    own_loss = getattr(model, "loss", None)  # a model's own training loss (speaker_net: additive angular margin)
+    if callable(own_loss):
+        loss_fn = functools.partial(own_loss, weight=class_weights)
     val_loss_fn = nn.CrossEntropyLoss()
     amp = settings.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)

@@ -1,0 +1,188 @@
+"""The models on real (generated) voices: speaker_net (ECAPA-TDNN, AAM-softmax, chunks), the frozen
+pretrained voice embedding in speaker_net and reconet, and weights that round-trip through
+safetensors into a freshly built model."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+
+from ml.models import build_model, embed, logits, needs_audio
+
+SR = 16000
+SMALL_SPEAKER_NET = {"channels": [32, 32, 32, 32, 96], "attention_channels": 16, "se_channels": 16,
+                     "lin_neurons": 48, "res2net_scale": 4}  # fmt: skip
+SMALL_RECONET = {"stem": 8, "growth": 8, "dense_layers": [2, 2], "wave_channels": 16, "wave_stacks": 1,
+                 "wave_layers": 4}  # fmt: skip
+
+
+def _voices(seconds: float, f0s=(110.0, 180.0, 260.0, 330.0), seed: int = 0) -> torch.Tensor:
+    """One sung-like clip per fundamental: five harmonics with a slow vibrato, and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * SR)) / SR
+    clips = []
+    for f0 in f0s:
+        phase = 2 * np.pi * f0 * (t + 0.002 * np.sin(2 * np.pi * 5 * t))
+        voice = sum(np.sin(h * phase + rng.uniform(0, 6)) / h for h in range(1, 6))
+        clips.append(0.2 * voice + 0.01 * rng.standard_normal(len(t)))
+    return torch.tensor(np.stack(clips), dtype=torch.float32)
+
+
+def _log_mel(audio: torch.Tensor, n_mels: int = 64) -> torch.Tensor:
+    from ml.clips.features import FeatureParams, LogMel
+
+    return LogMel(FeatureParams(n_mels=n_mels))(audio)
+
+
+def test_speaker_net_steps_with_the_angular_margin_loss():
+    torch.manual_seed(0)
+    model = build_model("speaker_net", 4, 64, SMALL_SPEAKER_NET)
+    assert needs_audio(model) and needs_audio("speaker_net")
+    audio = _voices(4.0)
+    labels = torch.arange(4)
+    model.train()
+    scores = logits(model, _log_mel(audio), audio)
+    assert scores.shape == (4, 4)
+    assert scores.abs().max() <= model.classifier.scale + 1e-4  # scaled cosines
+    loss = model.loss(scores, labels)
+    # the margin makes the true class harder than the plain cross-entropy of the same scores
+    assert float(loss.detach()) > float(F.cross_entropy(scores.detach(), labels))
+    loss.backward()
+    grads = [p.grad for p in model.ecapa.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert model.classifier.cosine.weight.grad is not None
+
+
+def test_speaker_net_crops_chunks_only_while_training():
+    torch.manual_seed(0)
+    model = build_model("speaker_net", 3, 64, {**SMALL_SPEAKER_NET, "chunk_s": [2.0, 3.0]})
+    audio = _voices(10.0)
+    model.train()
+    lengths = set()
+    for _ in range(8):
+        chunks = model.crop(audio)
+        lengths.add(chunks.shape[1])
+        assert 2 * SR <= chunks.shape[1] <= 3 * SR
+        for clip, chunk in zip(audio, chunks, strict=True):  # a contiguous stretch of its own clip
+            start = int(torch.nonzero(clip == chunk[0])[0])
+            assert torch.equal(clip[start : start + len(chunk)], chunk)
+    assert len(lengths) > 1  # a fresh length per batch
+    model.eval()
+    assert model.crop(audio) is audio  # evaluation: the whole clip
+    with torch.inference_mode():
+        first, again = embed(model, None, audio), embed(model, None, audio)
+    assert first.shape == (4, 48) and torch.equal(first, again)
+    assert model.classifier(first).shape == (4, 3)
+    short = _voices(1.0)  # shorter than a chunk: left whole in training too
+    model.train()
+    assert model.crop(short) is short
+
+
+def test_voice_embedding_fusion_widens_speaker_net_and_stays_frozen():
+    torch.manual_seed(0)
+    plain = build_model("speaker_net", 3, 64, SMALL_SPEAKER_NET)
+    fused = build_model("speaker_net", 3, 64, {**SMALL_SPEAKER_NET, "fuse_voice_embedding": True})
+    assert plain.embedding_size == 48 and fused.embedding_size == 48 + 256
+    audio = _voices(3.0, f0s=(110.0, 260.0))
+    fused.eval()
+    with torch.inference_mode():
+        e = fused.embed(None, audio)
+    assert e.shape == (2, 304)
+    assert torch.allclose(e[:, 48:].norm(dim=1), torch.ones(2), atol=1e-4)  # the d-vector, unit length
+    fused.train()
+    assert not fused.voice.training and not fused.voice.encoder.training  # frozen: always in eval mode
+    fused.loss(fused(None, audio), torch.tensor([0, 1])).backward()
+    assert all(p.grad is None for p in fused.voice.parameters())
+    assert fused.classifier.cosine.weight.grad is not None
+    assert not any(k.startswith("voice.") for k in fused.state_dict())
+
+
+def test_reconet_takes_the_voice_embedding_as_a_third_branch():
+    torch.manual_seed(0)
+    plain = build_model("reconet", 3, 64, SMALL_RECONET)
+    torch.manual_seed(0)
+    default = build_model("reconet", 3, 64, {**SMALL_RECONET, "voice_embedding": False})
+    assert plain.state_dict().keys() == default.state_dict().keys()  # off: today's model
+    assert all(torch.equal(plain.state_dict()[k], default.state_dict()[k]) for k in plain.state_dict())
+    with_voice = build_model("reconet", 3, 64, {**SMALL_RECONET, "voice_embedding": True})
+    assert with_voice.embedding_size == plain.embedding_size + 256
+    audio = _voices(3.0, f0s=(110.0, 260.0))
+    log_mel = _log_mel(audio)
+    with_voice.train()
+    scores = logits(with_voice, log_mel, audio)
+    assert scores.shape == (2, 3)
+    F.cross_entropy(scores, torch.tensor([0, 2])).backward()
+    assert all(p.grad is None for p in with_voice.voice.parameters())
+    with_voice.eval()
+    with torch.inference_mode():
+        assert embed(with_voice, log_mel, audio).shape == (2, with_voice.embedding_size)
+    assert with_voice.state_dict().keys() == plain.state_dict().keys()  # the frozen branch is not saved
+
+
+@pytest.mark.parametrize("name, options", [
+    ("speaker_net", SMALL_SPEAKER_NET),
+    ("speaker_net", {**SMALL_SPEAKER_NET, "fuse_voice_embedding": True}),
+    ("reconet", {**SMALL_RECONET, "voice_embedding": True}),
+])  # fmt: skip
+def test_weights_round_trip_through_safetensors_into_a_fresh_model(tmp_path, name, options):
+    torch.manual_seed(0)
+    model = build_model(name, 3, 64, options)
+    audio = _voices(3.0, f0s=(110.0, 260.0))
+    log_mel = _log_mel(audio)
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(2):  # move the weights and batch-norm statistics off their initial values
+        optimiser.zero_grad()
+        F.cross_entropy(logits(model, log_mel, audio), torch.tensor([0, 1])).backward()
+        optimiser.step()
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+    torch.manual_seed(1)  # a different initialisation
+    fresh = build_model(name, 3, 64, options)
+    fresh.load_state_dict(load_file(str(path)))  # strict
+    model.eval()
+    fresh.eval()
+    with torch.inference_mode():
+        assert torch.allclose(logits(model, log_mel, audio), logits(fresh, log_mel, audio), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # separating the demo's songs on two shared CPU cores takes minutes
+def test_speaker_net_trained_on_the_small_demo_library_names_the_held_out_songs(small_library, project_dirs):
+    """The demo library through the pipeline up to its splits, then speaker_net trained on the song
+    split (raw clips through the params.yaml augmentation chain, remix included) and evaluated on
+    its held-out songs."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from ml import config
+    from ml.tables import read_table
+    from ml.training.model_run import evaluate_and_log, train_and_log
+
+    library, _ = small_library
+    for stage in ("catalogue", "vocals", "segments", "features", "splits"):
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "materialize", stage, "--library", str(library)],
+                              cwd=config.project_root(), capture_output=True, text=True, timeout=1800)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    params = config.load_params()  # the project's params.yaml (speaker_net's defaults)
+    params["train"].update(model="speaker_net", epochs=20, batch_size=8, augment=True)
+    paths = config.paths(params, library)
+    tables = paths.data / "tables"
+    releases = lambda asset: pa.concat_tables(read_table(p) for p in sorted((tables / asset).glob("*.parquet")))  # noqa: E731
+    segments, features, splits = releases("segments"), releases("features"), read_table(tables / "splits.parquet")
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    out = train_and_log(params, paths, "song", splits, segments, features, uri, "reconet-test", register=False)
+    assert out["model"] == "speaker_net" and out["epochs_run"] >= 5
+    report = evaluate_and_log(params, paths, "song", splits, segments, features, uri)
+    m = report.metrics
+    chance = 1 / len(out["classes"])
+    print(f"speaker_net on the small demo: {out['seconds']:.0f} s, {out['epochs_run']} epochs, segment accuracy "
+          f"{m['segment']['accuracy']:.3f}, song accuracy {m['song_mean_probability']['accuracy']:.3f} "
+          f"({m['song_mean_probability']['count']} songs, chance {chance:.3f})")  # fmt: skip
+    assert m["song_mean_probability"]["count"] >= len(out["classes"])  # every artist has a held-out song
+    assert m["segment"]["accuracy"] >= 2 * chance and m["song_mean_probability"]["accuracy"] >= 2 * chance
