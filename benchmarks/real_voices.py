@@ -15,7 +15,8 @@ the music's RMS, uniform per song) and ``hard`` (voice 0...9 dB below the music)
 (ffmpeg, 44.1 kHz stereo), tagged with mutagen, laid out as Artist/Album/NN Title.mp3. Seeded.
 
 Pipeline. Per level a library, data dir, reports dir and Dagster home; one stem cache for both
-levels (each mix is separated once, whatever the models and re-runs) and one MLflow sqlite store. The first model of a level runs ``reconet run``; later models only
+levels (each mix is separated once, whatever the models and re-runs) and one MLflow sqlite store. The first
+model of a level runs ``reconet run``; later models only
 ``reconet materialize model`` and ``reconet materialize evaluation`` on the same data dir.
 
 Usage: .venv/bin/python benchmarks/real_voices.py [--levels normal hard] [--models ...]
@@ -199,7 +200,8 @@ def singers(work: Path) -> list[dict]:
 
     from ml.identification.backend import BackendParams, ClipEmbedder
 
-    rows_in = list(csv.DictReader(open(SINGERS / "manifest.csv")))
+    with open(SINGERS / "manifest.csv", encoding="utf-8") as f:
+        rows_in = list(csv.DictReader(f))
     audio = [load_audio(SINGERS / r["path"], 16000, stereo=False)[:, 0] for r in rows_in]
     names = np.array([r["singer"] for r in rows_in])
     out = []
@@ -236,7 +238,8 @@ def fmt(v) -> str:
 
 def write_report(rows: list[dict], singer_rows: list[dict], note: str) -> str:
     lines = ["# Real voices over real music (benchmarks/real_voices.py)", "", note, "",
-             "| model | split | level | seg acc | seg F1 | song acc | song F1 | open-set EER | train s | wall s | note |",
+             "| model | split | level | seg acc | seg F1 | song acc | song F1 | open-set EER | train s | wall s "
+             "| note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         extra = f"{r['epochs']} epochs" if r.get("epochs") else ""
