@@ -76,6 +76,11 @@ def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model
     if list(pipeline.classes_) != sorted(classes, key=str):
         raise ValueError(f"the back-end's classes {list(pipeline.classes_)} differ from the split's {classes}")
     val_accuracy = float(pipeline.score(x_val, y_val)) if len(y_val) else float("nan")
+    val_loss = float("nan")
+    if len(y_val):  # the same figure a network's run logs: cross-entropy of the validation clips
+        from sklearn.metrics import log_loss
+
+        val_loss = float(log_loss(y_val, pipeline.predict_proba(x_val), labels=list(pipeline.classes_)))
     identity = open_set.Normaliser(np.zeros(1), np.ones(1))  # the back-end's space is standardised already
     t_train, t_val = transform(pipeline, x_train), transform(pipeline, x_val)
     settings_open = open_set.OpenSetParams.from_params(params)
@@ -94,7 +99,7 @@ def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model
                          "val_eer": calibration["eer"] if calibration else None},
             "enrolled": [], "val_accuracy": val_accuracy, "fit_seconds": time.perf_counter() - started,
             "dir": run_dir.relative_to(run_dir.parents[2]).as_posix()}  # fmt: skip
-    mlflow.log_metrics({"val_accuracy": val_accuracy, "embed_seconds": embed_seconds,
+    mlflow.log_metrics({"val_accuracy": val_accuracy, "val_loss": val_loss, "embed_seconds": embed_seconds,
                         "fit_seconds": info["fit_seconds"]})  # fmt: skip
     if calibration:
         mlflow.log_metrics({"val_open_set_eer": calibration["eer"], "open_set_threshold": calibration["threshold"]})
