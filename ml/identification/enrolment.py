@@ -60,8 +60,7 @@ def song_vector(info: dict[str, Any], run_dir: Path, clips: np.ndarray, device) 
 
     embedder, _ = embedder_for(info, device)
     vectors = transform(load_backend(run_dir / "backend.skops"), embedder.embed(torch.from_numpy(clips)))
-    identity = open_set.Normaliser(np.zeros(1), np.ones(1))
-    return open_set.references(identity(vectors), ["x"] * len(vectors))["x"]
+    return open_set.mean_direction(open_set.Normaliser.unit_only()(vectors))
 
 
 def identify_clips(info: dict[str, Any], run_dir: Path, clips: np.ndarray, device) -> dict[str, Any]:

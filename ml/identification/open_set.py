@@ -53,6 +53,12 @@ class Normaliser:
     def fit(cls, embeddings: np.ndarray) -> Normaliser:
         return cls(embeddings.mean(axis=0), embeddings.std(axis=0) + 1e-6)
 
+    @classmethod
+    def unit_only(cls) -> Normaliser:
+        """No standardisation, only unit length: for vectors already in a standardised space
+        (an embedding model's back-end)."""
+        return cls(np.zeros(1), np.ones(1))
+
     def __call__(self, embeddings: np.ndarray) -> np.ndarray:
         return _unit((np.asarray(embeddings, np.float64) - self.mean) / self.scale)
 
@@ -61,12 +67,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def mean_direction(normalised: np.ndarray) -> np.ndarray:
+    """The unit-length mean of unit vectors (a singer's or a recording's reference)."""
+    return _unit(normalised.mean(axis=0))
+
+
 def references(normalised: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
     """Singer → reference (unit-length mean of their normalised clip embeddings)."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, name in enumerate(labels):
         groups[name].append(i)
-    return {name: _unit(normalised[rows].mean(axis=0)) for name, rows in sorted(groups.items())}
+    return {name: mean_direction(normalised[rows]) for name, rows in sorted(groups.items())}
 
 
 def song_vectors(normalised: np.ndarray, track_ids: list[str]) -> tuple[list[str], np.ndarray]:
@@ -75,7 +86,7 @@ def song_vectors(normalised: np.ndarray, track_ids: list[str]) -> tuple[list[str
     for i, track in enumerate(track_ids):
         groups[track].append(i)
     tracks = list(groups)
-    return tracks, np.stack([_unit(normalised[groups[t]].mean(axis=0)) for t in tracks]) if tracks else np.zeros((0,))
+    return tracks, np.stack([mean_direction(normalised[groups[t]]) for t in tracks]) if tracks else np.zeros((0,))
 
 
 def score(vectors: np.ndarray, refs: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:

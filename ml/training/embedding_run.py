@@ -81,7 +81,7 @@ def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model
         from sklearn.metrics import log_loss
 
         val_loss = float(log_loss(y_val, pipeline.predict_proba(x_val), labels=list(pipeline.classes_)))
-    identity = open_set.Normaliser(np.zeros(1), np.ones(1))  # the back-end's space is standardised already
+    identity = open_set.Normaliser.unit_only()  # the back-end's space is standardised already
     t_train, t_val = transform(pipeline, x_train), transform(pipeline, x_val)
     settings_open = open_set.OpenSetParams.from_params(params)
     held_out = open_set.held_out_artists(classes, settings_open.holdout_artists, settings_open.seed)

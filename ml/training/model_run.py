@@ -295,7 +295,7 @@ def open_set_figures(train: Predictions, test: Predictions, params: dict[str, An
     if not held_out or not len(test.labels):
         return None
     names = lambda p: [p.classes[i] for i in p.labels]  # noqa: E731
-    identity = open_set.Normaliser(np.zeros(1), np.ones(1)) if embedding_model else None
+    identity = open_set.Normaliser.unit_only() if embedding_model else None
     figures = open_set.open_set_trial(train.embeddings, names(train), test.embeddings, names(test), test.track_ids,
                                       held_out, settings.far, normaliser=identity)  # fmt: skip
     figures["encoder_saw_held_out_artists"] = not embedding_model  # a network trained on them: optimistic
