@@ -136,3 +136,35 @@ def test_open_set_figures_against_hand_computed_values():
     chosen = open_set.held_out_artists(list("abcdefg"), 2, 0)
     assert len(chosen) == 2 and set(chosen) <= set("abcdefg")
     assert open_set.held_out_artists(list("abcdefgh"), 2, 0) != []
+
+
+def test_enrol_leaves_out_bad_recordings_records_them_and_enrols_from_the_rest(env):
+    """`enrol` end to end (real separation and clip cutting): a corrupt file and a missing path are
+    recorded in the `rejected` ledger and the singer is enrolled from the one good demo song."""
+    from ml.catalogue.demo_library import make_song_file, plan_library
+    from ml.catalogue.rejected import load_rejected
+    from ml.identification.enrolment import enrol
+    from ml.training.model_run import load_trained, train_and_log
+
+    segments, features, _ = _project(env, list(VOICES)[:4])
+    params = _params("voice_embedding")
+    paths = config.paths(params)
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",), min_songs=3))
+    uri = f"sqlite:///{env / 'mlflow.db'}"
+    train_and_log(params, paths, "song", splits, segments, features, uri, "t", register=False)
+    spec = next(s for s in plan_library("small") if s.case == "song" and s.voices and s.fmt == "mp3")
+    good = env / "in" / make_song_file(spec, str(env / "in")).path
+    corrupt = env / "in" / "broken.mp3"
+    corrupt.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40)
+    missing = env / "in" / "gone.flac"
+
+    info = enrol(params, paths, "song", "Demo Singer", [corrupt, good, missing], uri, "t", registered_model=None)
+    entry = info["enrolled"][-1]
+    assert entry["artist"] == "Demo Singer" and entry["sources"] == [good.name] and entry["clips"] >= 2
+    _, saved = load_trained(paths, "song")
+    assert saved["enrolled"][-1]["rejected"] == [str(corrupt), str(missing)]
+    rejected = load_rejected(paths.rejected).to_pylist()
+    assert {(r["path"], r["stage"]) for r in rejected} == {(str(corrupt), "enrol"), (str(missing), "enrol")}
+    assert next(r for r in rejected if r["path"] == str(missing))["reason"] == "missing"
+    with pytest.raises(ValueError, match="none of the 2 recording"):
+        enrol(params, paths, "song", "Nobody", [corrupt, missing], uri, "t", registered_model=None)

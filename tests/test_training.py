@@ -99,7 +99,8 @@ def _tiny_project(tmp_path):
     segments = segments.append_column("audio_row", pa.array(range(n)))
     feature_table = pa.table({"segment_id": segments.column("segment_id"), "feature_file": ["features/f.npy"] * n,
                               "feature_row": pa.array(range(n), pa.int32())})  # fmt: skip
-    params["train"] = {**params["train"], "epochs": 6, "batch_size": 16, "augment": False, "learning_rate": 0.003}
+    params["train"] = {**params["train"], "model": "crnn", "epochs": 6, "batch_size": 16, "augment": False,
+                       "learning_rate": 0.003}  # a network: these tests train through the epoch loop
     params["models"] = {
         "crnn": {"filters": [8, 16, 16, 16], "gru_units": 16},
         "reconet": {"stem": 8, "growth": 8, "dense_layers": [2, 2], "wave_channels": 16, "wave_stacks": 1,

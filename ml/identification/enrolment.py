@@ -78,8 +78,9 @@ def identify_clips(info: dict[str, Any], run_dir: Path, clips: np.ndarray, devic
 
 
 def enrol_clips(info: dict[str, Any], run_dir: Path, artist: str, clips: np.ndarray, device,
-                sources: list[str]) -> dict[str, Any]:  # fmt: skip
-    """Add (or replace) ``artist``'s reference from ``clips``; returns the updated ``info``."""
+                sources: list[str], write: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Add (or replace) ``artist``'s reference from ``clips``; returns the updated ``info`` (written
+    to ``model.json`` when ``write``)."""
     from ml.tables import write_text
     from ml.training.embedding_run import load_references, save_references
 
@@ -91,18 +92,22 @@ def enrol_clips(info: dict[str, Any], run_dir: Path, artist: str, clips: np.ndar
     save_references(refs, run_dir / "references.safetensors")
     enrolled = [e for e in info.get("enrolled", []) if e["artist"] != artist]
     info = {**info, "enrolled": [*enrolled, {"artist": artist, "clips": int(len(clips)), "sources": sources}]}
-    write_text(json.dumps(info, indent=1), run_dir / "model.json")
+    if write:
+        write_text(json.dumps(info, indent=1), run_dir / "model.json")
     return info
 
 
 def enrol(params: dict[str, Any], paths: config.Paths, kind: str, artist: str, files: list[Path], tracking_uri: str,
           experiment: str, registered_model: str | None, logger=None) -> dict[str, Any]:  # fmt: skip
     """``reconet enrol``: the singer's reference from 1–3 recordings, stored with the ``kind`` model
-    and logged (and registered, when ``registered_model``) as a new model version."""
+    and logged (and registered, when ``registered_model``) as a new model version. A recording that
+    cannot be read or holds no singing is left out, logged and recorded in the ``rejected`` ledger
+    (stage ``enrol``); the singer is enrolled from the others, or not at all when none is left."""
     import mlflow
 
+    from ml.catalogue.rejected import record_rejected
     from ml.device import device_from_params
-    from ml.tables import write_text
+    from ml.tables import REJECTED_SCHEMA, table_from_rows, write_text
     from ml.training.embedding_run import log_bundle
     from ml.training.model_run import load_trained, model_dir
     from ml.training.tracking import mlflow_run, register
@@ -116,11 +121,24 @@ def enrol(params: dict[str, Any], paths: config.Paths, kind: str, artist: str, f
                          "(train.model: voice_embedding, voice_fusion or classical)")  # fmt: skip
     device = device_from_params(params)
     run_dir = model_dir(paths, info)
-    clips = []
-    for path in files:
-        logger.info(f"separating and cutting {path}")
-        clips.append(recording_clips(Path(path), params, paths, device, logger))
-    info = enrol_clips(info, run_dir, artist, np.concatenate(clips), device, [Path(f).name for f in files])
+    clips, used, rejected = [], [], []
+    for i, path in enumerate(files, 1):
+        logger.info(f"[{i}/{len(files)}] separating and cutting {path}")
+        try:
+            clips.append(recording_clips(Path(path), params, paths, device, logger))
+            used.append(Path(path).name)
+        except (OSError, ValueError, RuntimeError) as exc:  # a bad recording is left out, the others still count
+            reason = "no_segments" if "no singing" in str(exc) else "missing" if isinstance(exc, FileNotFoundError) \
+                else "unreadable"  # fmt: skip
+            logger.warning(f"{path}: left out ({reason}): {exc}")
+            rejected.append({"path": str(path), "release": f"enrol: {artist}", "stage": "enrol", "reason": reason,
+                             "detail": str(exc)})  # fmt: skip
+    record_rejected(paths.rejected, "enrol", f"enrol: {artist}", table_from_rows(rejected, REJECTED_SCHEMA))
+    if not clips:
+        raise ValueError(f"none of the {len(files)} recording(s) gave clips of {artist}'s voice: "
+                         + "; ".join(f"{r['path']}: {r['detail']}" for r in rejected))  # fmt: skip
+    info = enrol_clips(info, run_dir, artist, np.concatenate(clips), device, used, write=False)
+    info["enrolled"][-1]["rejected"] = [r["path"] for r in rejected]
     with mlflow_run(tracking_uri, experiment, f"enrol-{kind}") as run:
         mlflow.set_tags({"enrolled_artist": artist, "base_run_id": info["run_id"], "split_kind": kind,
                          "model": info["model"]})  # fmt: skip

@@ -43,6 +43,7 @@ from ml import config
 from ml.clips.features import FeatureParams
 from ml.clips.loader import SegmentDataset
 from ml.device import device_from_params
+from ml.identification.backend import is_embedding_model
 from ml.tables import atomic_path, read_table, write_text
 from ml.training.model_run import augmenters_for, data_version, split_rows_of, with_features
 from ml.training.training import SingleProcess, TrainParams, dataset_sources, train
@@ -171,6 +172,9 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
     ``distributed.json`` in the run's folder. Returns what ``distributed.json`` holds."""
     logger = logger or log
     settings = TrainParams.from_params(params)
+    if is_embedding_model(settings.model):
+        raise ValueError(f"{settings.model} is an embedding model: it has no network to train in parallel "
+                         "(`reconet run` fits it in one process); pass --model crnn, reconet or speaker_net")
     feature_params = FeatureParams.from_params(params)
     segments, features, splits = read_project_tables(paths)
     segments = segments.filter(pc.is_in(segments.column("segment_id"), splits.column("segment_id")))
@@ -223,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m ml.training.distributed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--kind", help="split kind to train on (default: train.split_kind in params.yaml)")
-    parser.add_argument("--model", help="crnn or reconet (default: train.model)")
+    parser.add_argument("--model", help="crnn, reconet or speaker_net (default: train.model)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: train.epochs)")
     args = parser.parse_args(argv)
     params = config.load_params()
