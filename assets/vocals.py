@@ -10,6 +10,7 @@ from pydantic import Field
 
 from assets.partitions import releases
 from assets.resources import ReconetSettings
+from ml.catalogue.catalogue import library_file
 from ml.catalogue.rejected import record_rejected
 from ml.device import device_from_params
 from ml.separation.separation import (
@@ -78,7 +79,7 @@ def vocals(
     if removed := cache.clean_partial():
         context.log.info(f"removed {removed} partial stem folder(s) left by an interrupted run")
     todo = [
-        SeparationInput(r["track_id"], paths.library / r["path"])
+        SeparationInput(r["track_id"], library_file(paths.library, r))
         for r in tracks.to_pylist()
         if cache.get(r["track_id"]) is None
     ]

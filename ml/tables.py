@@ -25,6 +25,8 @@ TRACKS_SCHEMA = pa.schema(
         pa.field("content_sha256", pa.string(), nullable=False),  # of the encoded audio packets
         pa.field("release", pa.string(), nullable=False),  # release key: Artist/Album folder
         pa.field("path", pa.string(), nullable=False),  # relative to the library root, POSIX
+        # the path's raw bytes when it is not valid UTF-8 (`path` then shows those bytes as \xNN)
+        pa.field("path_bytes", pa.binary()),
         pa.field("file_size", pa.int64(), nullable=False),
         pa.field("format", pa.string(), nullable=False),  # container: mp3, flac, ogg, m4a, wav...
         pa.field("codec", pa.string()),

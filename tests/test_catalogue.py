@@ -6,7 +6,14 @@ import shutil
 import pytest
 from mutagen.id3 import ID3, TIT2, TPE1
 
-from ml.catalogue.catalogue import ROOT_RELEASE, find_releases, release_key, scan_release, track_id_for
+from ml.catalogue.catalogue import (
+    ROOT_RELEASE,
+    find_releases,
+    library_file,
+    release_key,
+    scan_release,
+    track_id_for,
+)
 from ml.config import load_params
 from tests.conftest import make_tone
 
@@ -97,3 +104,20 @@ def test_params_with_a_key_given_twice_are_refused_naming_the_line(tmp_path):
     assert str(path) in str(error.value)
     path.write_text("train:\n  epochs: 40\nfeatures:\n  epochs: 4\n", encoding="utf-8")  # same key, two sections
     assert load_params(path) == {"train": {"epochs": 40}, "features": {"epochs": 4}}
+
+
+def test_a_file_name_that_is_not_utf8_is_kept_and_its_path_round_trips(tmp_path):
+    folder = os.fsencode(tmp_path) + b"/Artist/Alb\xe9um"  # Latin-1 names, as on old disks and Samba shares
+    os.makedirs(folder)
+    os.rename(make_tone(tmp_path / "good.mp3", "mp3"), folder + b"/01 good.mp3")
+    os.rename(make_tone(tmp_path / "odd.mp3", "mp3", freq=660), folder + b"/02 \xff\xfe odd.mp3")
+    (key, release), = find_releases(tmp_path, EXTS).items()
+    assert key == "Artist/Alb_um"
+    result = scan_release(tmp_path, key, release, PARAMS)  # failed in pyarrow: "surrogates not allowed"
+    assert result.files_scanned == 2 and result.rejected.num_rows == 0
+    rows = {r["path"]: r for r in result.tracks.to_pylist()}
+    assert sorted(rows) == ["Artist/Alb\\xe9um/01 good.mp3", "Artist/Alb\\xe9um/02 \\xff\\xfe odd.mp3"]
+    odd = rows["Artist/Alb\\xe9um/02 \\xff\\xfe odd.mp3"]
+    assert odd["path_bytes"] == b"Artist/Alb\xe9um/02 \xff\xfe odd.mp3"  # lossless
+    assert os.fsencode(library_file(tmp_path, odd)) == folder + b"/02 \xff\xfe odd.mp3"
+    assert all(library_file(tmp_path, row).is_file() for row in rows.values())

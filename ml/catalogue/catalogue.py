@@ -17,7 +17,7 @@ import re
 import subprocess
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,22 @@ def release_key(relative_dir: str) -> str:
     return "".join("_" if unicodedata.category(ch)[0] == "C" else ch for ch in key)
 
 
+def stored_path(relative: str) -> tuple[str, bytes | None]:
+    """How a path relative to the library is stored: its text, and its raw bytes when it is not valid
+    UTF-8 (old disks, Samba shares), whose text then shows the odd bytes as ``\\xNN``."""
+    raw = os.fsencode(relative)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def library_file(library: Path, track: Mapping[str, Any]) -> Path:
+    """The file a `tracks` row stands for (from its raw bytes, when its name is not valid UTF-8)."""
+    raw = track.get("path_bytes")
+    return Path(library) / (os.fsdecode(raw) if raw else track["path"])
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
@@ -64,7 +80,7 @@ def find_releases(library: Path, extensions: Iterable[str]) -> dict[str, Path]:
         if any(_has_extension(f, exts) and not _is_hidden(f) for f in filenames):
             key = release_key(os.path.relpath(dirpath, library))
             if key in releases:  # two folders that differ only in characters a key cannot hold
-                key = f"{key} ({hashlib.sha1(dirpath.encode()).hexdigest()[:6]})"
+                key = f"{key} ({hashlib.sha1(os.fsencode(dirpath)).hexdigest()[:6]})"
             releases[key] = Path(dirpath)
     return dict(sorted(releases.items()))
 
@@ -170,7 +186,7 @@ def _reject(rel_path: str, release: str, reason: str, detail: str, track_id: str
 
 def scan_file(path: Path, library: Path, release: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """('track', row) for a readable audio file, ('rejected', row) otherwise. Never raises for bad input."""
-    rel = path.relative_to(library).as_posix()
+    rel, rel_bytes = stored_path(path.relative_to(library).as_posix())
     if path.is_symlink() and not path.resolve().is_relative_to(library.resolve()):
         return "rejected", _reject(rel, release, "outside_library", "symbolic link to a file outside the library")
     try:
@@ -203,6 +219,7 @@ def scan_file(path: Path, library: Path, release: str, params: dict[str, Any]) -
         "content_sha256": probe.content_sha256,
         "release": release,
         "path": rel,
+        "path_bytes": rel_bytes,
         "file_size": path.stat().st_size,
         "format": props.format,
         "codec": props.codec,
