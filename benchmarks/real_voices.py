@@ -19,7 +19,10 @@ levels (each mix is separated once, whatever the models and re-runs) and one MLf
 model of a level runs ``reconet run``; later models only
 ``reconet materialize model`` and ``reconet materialize evaluation`` on the same data dir.
 
-Usage: .venv/bin/python benchmarks/real_voices.py [--levels normal hard] [--models ...]
+Level ``demo`` runs the same models on the default demo library (``reconet demo-library``), for
+the training times the README quotes.
+
+Usage: .venv/bin/python benchmarks/real_voices.py [--levels normal hard demo] [--models ...]
        [--epochs N] [--work DIR] [--skip-build] [--skip-singers] [--singers-only]
 """
 
@@ -261,7 +264,8 @@ def write_report(rows: list[dict], singer_rows: list[dict], note: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", nargs="+", default=["normal", "hard"], choices=list(LEVELS))
+    parser.add_argument("--levels", nargs="+", default=["normal", "hard"], choices=[*LEVELS, "demo"],
+                        help="'demo': the default demo library instead (its synthetic voices: training times)")
     parser.add_argument("--models", nargs="+",
                         default=["voice_embedding", "classical", "voice_fusion", "crnn", "speaker_net", "reconet"])
     parser.add_argument("--epochs", type=int, help="train.epochs for the networks (default: params.yaml's)")
@@ -271,20 +275,27 @@ def main() -> None:
     parser.add_argument("--skip-build", action="store_true", help="reuse the libraries already in --work")
     parser.add_argument("--skip-singers", action="store_true")
     parser.add_argument("--singers-only", action="store_true")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the saved rows of the other levels in the report (run levels one at a time)")
     args = parser.parse_args()
     started, work = time.perf_counter(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     note = (f"Work folder {work}; {args.readers} readers x 6 songs; epochs for the networks: "
             f"{args.epochs or 'params.yaml'}.")
     singer_rows = [] if args.skip_singers else None
-    rows: list[dict] = []
+    saved = RESULTS / "real_voices.json"
+    rows: list[dict] = [r for r in json.loads(saved.read_text())["pipeline"] if r["level"] not in args.levels] \
+        if args.append and saved.exists() else []  # fmt: skip
     if args.singers_only:  # beside a pipeline run: its own file, which the pipeline's report picks up
         singer_rows = singers(work)
         (RESULTS / "real_voices_singers.json").write_text(json.dumps(singer_rows, indent=1))
-        print(write_report([], singer_rows, note))
+        kept = json.loads(saved.read_text())["pipeline"] if saved.exists() else []  # the pipeline's rows stay
+        print(write_report(kept, singer_rows, note))
         return
-    if not args.skip_build:
-        build(work, args.levels, args.seed, args.readers)
+    if not args.skip_build and set(args.levels) - {"demo"}:
+        build(work, [lv for lv in args.levels if lv != "demo"], args.seed, args.readers)
+    if "demo" in args.levels and not (work / "library-demo").is_dir():
+        subprocess.run([RECONET, "demo-library", str(work / "library-demo")], check=True)
     prepared: set = set()
     for model in args.models:  # the fast models first, for every level
         for level in args.levels:
