@@ -239,7 +239,7 @@ def fmt(v) -> str:
     return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def write_report(rows: list[dict], singer_rows: list[dict], note: str) -> str:
+def write_report(rows: list[dict], singer_rows: list[dict], note: str, stem: str = "real_voices") -> str:
     lines = ["# Real voices over real music (benchmarks/real_voices.py)", "", note, "",
              "| model | split | level | seg acc | seg F1 | song acc | song F1 | open-set EER | train s | wall s "
              "| note |",
@@ -257,8 +257,8 @@ def write_report(rows: list[dict], singer_rows: list[dict], note: str) -> str:
         lines += [f"| {r['extractor']} | {r['variant']} | {r['queries']} | {r['accuracy']:.3f} |" for r in singer_rows]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "real_voices.md").write_text(text)
-    (RESULTS / "real_voices.json").write_text(json.dumps({"pipeline": rows, "singers": singer_rows}, indent=1))
+    (RESULTS / f"{stem}.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"pipeline": rows, "singers": singer_rows}, indent=1))
     return text
 
 
@@ -277,20 +277,21 @@ def main() -> None:
     parser.add_argument("--singers-only", action="store_true")
     parser.add_argument("--append", action="store_true",
                         help="keep the saved rows of the other levels in the report (run levels one at a time)")
+    parser.add_argument("--report", default="real_voices", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
     started, work = time.perf_counter(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     note = (f"Work folder {work}; {args.readers} readers x 6 songs; epochs for the networks: "
             f"{args.epochs or 'params.yaml'}.")
     singer_rows = [] if args.skip_singers else None
-    saved = RESULTS / "real_voices.json"
+    saved = RESULTS / f"{args.report}.json"
     rows: list[dict] = [r for r in json.loads(saved.read_text())["pipeline"] if r["level"] not in args.levels] \
         if args.append and saved.exists() else []  # fmt: skip
     if args.singers_only:  # beside a pipeline run: its own file, which the pipeline's report picks up
         singer_rows = singers(work)
         (RESULTS / "real_voices_singers.json").write_text(json.dumps(singer_rows, indent=1))
         kept = json.loads(saved.read_text())["pipeline"] if saved.exists() else []  # the pipeline's rows stay
-        print(write_report(kept, singer_rows, note))
+        print(write_report(kept, singer_rows, note, args.report))
         return
     if not args.skip_build and set(args.levels) - {"demo"}:
         build(work, [lv for lv in args.levels if lv != "demo"], args.seed, args.readers)
@@ -300,10 +301,10 @@ def main() -> None:
     for model in args.models:  # the fast models first, for every level
         for level in args.levels:
             rows += run_model(work, level, model, args.epochs, prepared)
-            write_report(rows, singer_rows or [], note)
+            write_report(rows, singer_rows or [], note, args.report)
     if singer_rows is None:
         singer_rows = singers(work)
-    print(write_report(rows, singer_rows, note + f" Total {time.perf_counter() - started:.0f} s."))
+    print(write_report(rows, singer_rows, note + f" Total {time.perf_counter() - started:.0f} s.", args.report))
 
 
 if __name__ == "__main__":
