@@ -5,11 +5,12 @@ import base64
 import dagster as dg
 import pyarrow as pa
 
-from assets.resources import ReconetSettings
+from assets.resources import SKIP_MISSING_PARTITIONS, ReconetSettings
 from ml.catalogue.eda import metadata_eda as run_metadata_eda
 
 
-@dg.asset(group_name="catalogue", kinds={"python", "matplotlib"})
+@dg.asset(group_name="catalogue", kinds={"python", "matplotlib"},
+          ins={"tracks": dg.AssetIn(metadata={SKIP_MISSING_PARTITIONS: True})})  # fmt: skip
 def metadata_eda(
     context: dg.AssetExecutionContext,
     settings: ReconetSettings,

@@ -8,12 +8,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from assets.resources import MlflowTracking, ReconetSettings
+from assets.resources import SKIP_MISSING_PARTITIONS, MlflowTracking, ReconetSettings
 from ml.training.splits import KINDS, SplitParams, split_segments
 from ml.training.training import TrainParams
 
 split_kinds = dg.StaticPartitionsDefinition(list(KINDS))
-ALL_RELEASES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
+# every release that has it: one whose run failed is listed in `rejected` and does not stop the others
+ALL_RELEASES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={SKIP_MISSING_PARTITIONS: True})
 
 
 @dg.asset(group_name="training", io_manager_key="table_io_manager", kinds={"parquet"},

@@ -106,15 +106,51 @@ def _failure(result) -> str:
     return "the run failed"
 
 
-def _materialize(phases: tuple[Phase, ...], library: str | None = None) -> tuple[config.Paths, float] | None:
+def run_phases(instance, phases: tuple[Phase, ...], releases: list[str],
+               split_kinds: list[str]) -> dict[str, str] | None:  # fmt: skip
+    """Run ``phases`` in order on ``instance``, each once per target. A release whose run fails is
+    reported and left out of the later per-release phases (its failure is listed in `rejected`), and
+    the other releases go on; returns the failed releases (release -> what failed), or None after a
+    failed catalogue-wide run."""
+    import dagster as dg
+
+    from pipeline.definitions import defs
+    from pipeline.instance import cli_run_tags
+
+    failed: dict[str, str] = {}
+    with _progress() as progress:
+        for phase in phases:
+            job = defs.resolve_job_def(phase.job)
+            targets = {"releases": [k for k in releases if k not in failed], "split_kinds": split_kinds}
+            targets = targets.get(phase.over, [None])
+            selection = [dg.AssetKey(name) for name in phase.assets] or None
+            label = phase.job + (f" [{', '.join(phase.assets)}]" if phase.assets else "")
+            task = progress.add_task(escape(label), total=len(targets))
+            for key in targets:
+                progress.update(task, description=escape(f"{label} {key or ''}"[:60]))
+                result = job.execute_in_process(
+                    instance=instance, partition_key=key, asset_selection=selection, raise_on_error=False,
+                    run_config=QUIET_CONSOLE, tags=cli_run_tags(),
+                )  # fmt: skip
+                if not result.success:
+                    message = f"{label} failed{' for ' + key if key else ''}: {_failure(result)}"
+                    console.print(f"[red]{escape(message)}\n(run {result.run_id}: its full log is in the UI)[/red]")
+                    if phase.over != "releases":
+                        return None
+                    failed[key] = message
+                progress.advance(task)
+    return failed
+
+
+def _materialize(phases: tuple[Phase, ...], library: str | None = None) -> tuple[config.Paths, float, dict] | None:
     """Run ``phases`` in order on the persistent instance (the UI shows the runs), each once per
-    target; None after the first failed run (it is reported), else the paths and the seconds taken."""
+    target; None after a failed catalogue-wide run (it is reported), else the paths, the seconds taken
+    and the releases that failed."""
     import dagster as dg
 
     from assets.partitions import sync_release_partitions
     from ml.training.training import TrainParams
-    from pipeline.definitions import defs
-    from pipeline.instance import cli_run_tags, release_orphaned_runs
+    from pipeline.instance import release_orphaned_runs
 
     params = config.load_params()
     split_kinds = list(TrainParams.from_params(params).split_kinds)
@@ -129,25 +165,18 @@ def _materialize(phases: tuple[Phase, ...], library: str | None = None) -> tuple
             console.print(f"[yellow]run {run_id} had been killed: marked failed, its pool slot freed[/yellow]")
         keys = instance.get_dynamic_partitions("releases")
         console.print(f"library {paths.library}: {len(keys)} releases ({len(added)} new, {len(removed)} removed)")
-        with _progress() as progress:
-            for phase in phases:
-                job = defs.resolve_job_def(phase.job)
-                targets = {"releases": keys, "split_kinds": split_kinds}.get(phase.over, [None])
-                selection = [dg.AssetKey(name) for name in phase.assets] or None
-                label = phase.job + (f" [{', '.join(phase.assets)}]" if phase.assets else "")
-                task = progress.add_task(escape(label), total=len(targets))
-                for key in targets:
-                    progress.update(task, description=escape(f"{label} {key or ''}"[:60]))
-                    result = job.execute_in_process(
-                        instance=instance, partition_key=key, asset_selection=selection, raise_on_error=False,
-                        run_config=QUIET_CONSOLE, tags=cli_run_tags(),
-                    )  # fmt: skip
-                    if not result.success:
-                        failed = f"{label} failed{' for ' + key if key else ''}: {_failure(result)}"
-                        console.print(f"[red]{escape(failed)}\n(run {result.run_id}: its full log is in the UI)[/red]")
-                        return None
-                    progress.advance(task)
-    return paths, time.perf_counter() - started
+        failed = run_phases(instance, phases, keys, split_kinds)
+    if failed is None:
+        return None
+    return paths, time.perf_counter() - started, failed
+
+
+def _report_failed(failed: dict[str, str]) -> int:
+    """The exit status after the phases ran: 1 when a release failed (the others went through)."""
+    if failed:
+        console.print(f"[red]{len(failed)} release(s) failed and were left out (the others went through; "
+                      f"each is listed in rejected): {escape(', '.join(sorted(failed)))}[/red]")  # fmt: skip
+    return 1 if failed else 0
 
 
 def run_pipeline(library: str | None = None) -> int:
@@ -156,8 +185,9 @@ def run_pipeline(library: str | None = None) -> int:
     done = _materialize(_main_phases(), library)
     if done is None:
         return 1
-    _print_summary(*done)
-    return 0
+    paths, seconds, failed = done
+    _print_summary(paths, seconds)
+    return _report_failed(failed)
 
 
 def materialize(stage: str, library: str | None = None) -> int:
@@ -167,18 +197,21 @@ def materialize(stage: str, library: str | None = None) -> int:
         console.print(f"[red]reconet materialize {stage}: failed[/red]")
         return 1
     console.print(f"materialised {stage} in {done[1]:.1f} s")
-    return 0
+    return _report_failed(done[2])
 
 
 def _print_summary(paths: config.Paths, seconds: float) -> None:
     import pyarrow.compute as pc
 
+    from ml.catalogue.rejected import RELEASE_FAILED
     from ml.tables import read_table
 
     kept = read_table(paths.tables / "clean_tracks.parquet")
     rejected = read_table(paths.tables / "rejected.parquet")
     rows = lambda asset: sum(read_table(p).num_rows for p in (paths.tables / asset).glob("*.parquet"))  # noqa: E731
-    unreadable = rejected.filter(pc.equal(rejected.column("stage"), "tracks")).num_rows
+    failed = rejected.filter(pc.equal(rejected.column("reason"), RELEASE_FAILED))
+    files = rejected.filter(pc.not_equal(rejected.column("reason"), RELEASE_FAILED))  # a release is no file
+    unreadable = files.filter(pc.equal(files.column("stage"), "tracks")).num_rows
     table = Table(title=f"reconet pipeline ({seconds:.1f} s)")
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -193,6 +226,13 @@ def _print_summary(paths: config.Paths, seconds: float) -> None:
     for (stage, reason), n in sorted(reasons.items()):
         table.add_row(f"rejected: {stage} / {reason}", str(n))
     Console().print(table)
+    if failed.num_rows:
+        releases = Table(title="failed releases (left out; they are in rejected)")
+        for column in ("release", "step", "what failed"):
+            releases.add_column(column)
+        for row in failed.to_pylist():
+            releases.add_row(escape(row["release"]), row["stage"], escape(row["detail"]))
+        Console().print(releases)
     if metrics_file.exists():
         import json
 

@@ -9,6 +9,7 @@ from assets.resources import ReconetSettings
 from assets.segments import features, segments
 from assets.training import evaluation, model, splits
 from assets.vocals import vocals
+from ml.catalogue.rejected import clear_failure, record_failure
 from pipeline.instance import WRITES_CLEAN_TRACKS
 
 
@@ -23,6 +24,33 @@ def register_releases(context: dg.OpExecutionContext, settings: ReconetSettings)
         context.log.info(f"  - {key}")
 
 
+def _release(context: dg.HookContext) -> str | None:
+    run = context.instance.get_run_by_id(context.run_id)
+    return run.tags.get("dagster/partition") if run else None
+
+
+@dg.failure_hook(required_resource_keys={"settings"})
+def record_release_failure(context: dg.HookContext) -> None:
+    """A step of a release's run failed: list the release in `rejected` (reason `release_failed`)
+    so the catalogue-wide assets, which run on the other releases, show it."""
+    if release := _release(context):
+        error = context.op_exception
+        message = (str(error).strip().splitlines() or [""])[-1] if error else "see the run's log"
+        record_failure(context.resources.settings.paths().rejected, context.op.name, release,
+                       f"{type(error).__name__ if error else 'error'}: {message}")  # fmt: skip
+
+
+@dg.success_hook(required_resource_keys={"settings"})
+def clear_release_failure(context: dg.HookContext) -> None:
+    """The step succeeded for the release: forget a failure it had recorded."""
+    if release := _release(context):
+        clear_failure(context.resources.settings.paths().rejected, context.op.name, release)
+
+
+# Every per-release job: a failed release is recorded, and the other releases go on.
+RELEASE_HOOKS = {record_release_failure, clear_release_failure}
+
+
 @dg.job(description="Register every release folder of the library as a partition.")
 def register_releases_job() -> None:
     register_releases()
@@ -31,6 +59,7 @@ def register_releases_job() -> None:
 # Per-release work: run once per partition (the UI's partition picker, a backfill, or `reconet run`).
 release_job = dg.define_asset_job(
     "release_job", selection=dg.AssetSelection.assets(tracks), description="Read one release (album folder).",
+    hooks=RELEASE_HOOKS,
 )  # fmt: skip
 
 # Catalogue-wide cleaning, once every release is read (duplicates span releases).
@@ -42,12 +71,13 @@ catalogue_job = dg.define_asset_job(
 # Vocal isolation of one release's clean tracks.
 vocals_job = dg.define_asset_job(
     "vocals_job", selection=dg.AssetSelection.assets(vocals), description="Isolate the vocals of one release.",
+    hooks=RELEASE_HOOKS,
 )  # fmt: skip
 
 # Clips and their log-mels, for one release.
 segments_job = dg.define_asset_job(
     "segments_job", selection=dg.AssetSelection.assets(segments, features),
-    description="Cut one release's vocals into clips and cache their log-mels.",
+    description="Cut one release's vocals into clips and cache their log-mels.", hooks=RELEASE_HOOKS,
 )  # fmt: skip
 
 # Everything left out, by every stage, and the catalogue's EDA.
@@ -78,7 +108,7 @@ MAIN_JOB_PHASES: tuple[tuple[str, bool], ...] = (
 process_release_job = dg.define_asset_job(
     "process_release_job", selection=dg.AssetSelection.assets(tracks, clean_tracks, vocals, segments, features),
     description="Process one new or changed release: read, clean the catalogue, separate, segment, log-mels.",
-    tags=WRITES_CLEAN_TRACKS,
+    tags=WRITES_CLEAN_TRACKS, hooks=RELEASE_HOOKS,
 )  # fmt: skip
 
 # Catalogue-wide outputs that follow new data: every rejection, the EDA, the splits.

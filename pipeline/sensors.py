@@ -4,9 +4,9 @@ a nightly run re-materialises what a parameter or code change made stale.
 * ``new_release_sensor`` looks at the library. A release folder that appeared or changed, and has
   settled (see :func:`ml.catalogue.orchestration.ready_releases`), gets its partition and a run of
   ``process_release_job`` for that release alone; a vanished one loses its partition.
-* ``retrain_sensor`` follows: once no release run is in progress and every release has log-mels,
-  newer data than the splits asks for ``refresh_job``; splits newer than a split kind's model ask
-  for ``training_job`` on that kind.
+* ``retrain_sensor`` follows: once no release run is in progress and every release has log-mels
+  (or failed, and is listed in ``rejected``), newer data than the splits asks for ``refresh_job``;
+  splits newer than a split kind's model ask for ``training_job`` on that kind.
 * ``nightly_reprocess`` (see :mod:`pipeline.staleness`) re-runs stale releases and training.
 
 All three are idempotent: their decisions come from what the instance has materialised (and each
@@ -25,7 +25,7 @@ from assets.resources import ReconetSettings
 from ml import config
 from ml.catalogue.catalogue import release_states
 from ml.catalogue.orchestration import OrchestrationParams, ready_releases
-from ml.catalogue.rejected import forget_scope
+from ml.catalogue.rejected import failed_releases, forget_scope
 from ml.training.training import TrainParams
 from pipeline.jobs import catalogue_job, process_release_job, refresh_job, training_job
 
@@ -106,7 +106,8 @@ def retrain_sensor(context: dg.SensorEvaluationContext, settings: ReconetSetting
     if busy:
         return dg.SensorResult(skip_reason=f"{len(busy)} release run(s) in progress")
     keys = instance.get_dynamic_partitions(releases.name)
-    without_features = sorted(set(keys) - instance.get_materialized_partitions(dg.AssetKey("features")))
+    failed = failed_releases(settings.paths().rejected)  # listed in `rejected`; they do not hold the others back
+    without_features = sorted(set(keys) - instance.get_materialized_partitions(dg.AssetKey("features")) - failed)
     if not keys or without_features:
         return dg.SensorResult(skip_reason=f"releases without log-mels yet: {without_features[:5]}" if keys
                                else "no releases")  # fmt: skip

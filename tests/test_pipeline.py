@@ -196,3 +196,55 @@ def test_definitions_validate(project_dirs):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def test_a_failed_release_leaves_the_catalogue_wide_assets_to_the_others(small_library, project_dirs, tmp_path,
+                                                                          capsys, monkeypatch):  # fmt: skip
+    from ml import config
+    from ml.catalogue.rejected import failed_releases
+    from pipeline.cli import _main_phases, _print_summary, prepare_dagster_home, run_phases
+    from pipeline.jobs import MAIN_JOB_PHASES
+
+    source, _ = small_library
+    library = tmp_path / "library"
+    artists = sorted(p.name for p in source.iterdir() if p.is_dir())[:2]
+    gone = library / "Gone Artist" / "Lost Album"  # moved away while the pipeline runs
+    gone.parent.mkdir(parents=True)
+    for artist in artists:
+        subprocess.run(["cp", "-r", str(source / artist), str(library / artist)], check=True)
+    subprocess.run(["cp", "-r", str(next((library / artists[0]).iterdir())), str(gone)], check=True)
+    monkeypatch.setenv("RECONET_LIBRARY", str(library))
+    paths, params = config.paths(library=library), config.load_params()
+    prepare_dagster_home(paths)
+    with dg.DagsterInstance.get() as instance:
+        from assets.partitions import sync_release_partitions
+
+        sync_release_partitions(instance, paths, params)
+        subprocess.run(["rm", "-r", str(gone)], check=True)
+        phases = _main_phases()[: len(MAIN_JOB_PHASES)]  # up to the splits: training is not the point here
+        failed = run_phases(instance, phases, instance.get_dynamic_partitions(releases.name), [])
+        assert list(failed) == ["Gone Artist/Lost Album"] and "release_job failed" in failed["Gone Artist/Lost Album"]
+        good = set(instance.get_dynamic_partitions(releases.name)) - set(failed)
+        assert instance.get_materialized_partitions(dg.AssetKey("features")) == good  # the others went on
+        for asset in ("clean_tracks", "rejected", "metadata_eda", "splits"):  # the catalogue-wide assets ran
+            assert instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None, asset
+    tables = project_dirs["data"] / "tables"
+    kept = read_table(tables / "clean_tracks.parquet")
+    assert {r.split("/")[0] for r in kept.column("release").to_pylist()} == set(artists)
+    assert read_table(tables / "splits.parquet").num_rows > 0
+    rows = [r for r in read_table(tables / "rejected.parquet").to_pylist() if r["release"] == "Gone Artist/Lost Album"]
+    assert [(r["stage"], r["reason"]) for r in rows] == [("tracks", "release_failed")]
+    assert "no longer in the library" in rows[0]["detail"]
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "300")  # one table row per line
+    _print_summary(paths, 1.0)
+    summary = " ".join(capsys.readouterr().out.split())
+    assert "failed releases" in summary and "Gone Artist/Lost Album" in summary and "no longer in the" in summary
+
+    # the release comes back: its next run succeeds and its failure is forgotten
+    subprocess.run(["cp", "-r", str(next((library / artists[0]).iterdir())), str(gone)], check=True)
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("release_job").execute_in_process(instance=instance,
+                                                                        partition_key="Gone Artist/Lost Album")
+        assert result.success
+    assert failed_releases(paths.rejected) == set()
