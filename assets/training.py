@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
@@ -9,7 +10,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.resources import SKIP_MISSING_PARTITIONS, MlflowTracking, ReconetSettings
-from ml.training.splits import KINDS, SplitParams, split_segments
+from ml.training.splits import KINDS, SplitParams, split_segments, unfit_reason
 from ml.training.training import TrainParams
 
 split_kinds = dg.StaticPartitionsDefinition(list(KINDS))
@@ -46,6 +47,14 @@ def splits(context: dg.AssetExecutionContext, settings: ReconetSettings, segment
     return table
 
 
+def _skip(context: dg.AssetExecutionContext, reason: str) -> None:
+    """Nothing to train or evaluate on this split kind: say why in the log, and as an observation of
+    the asset (its metadata in the UI); the step yields no materialisation, so what follows skips."""
+    context.log.warning(f"the {context.partition_key} split is skipped: {reason}")
+    context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key,
+                                          metadata={"skipped": reason}))  # fmt: skip
+
+
 class TrainConfig(dg.Config):
     """Launchpad overrides of params.yaml's `train` section (empty / 0: use params.yaml)."""
 
@@ -54,15 +63,19 @@ class TrainConfig(dg.Config):
 
 
 @dg.asset(partitions_def=split_kinds, group_name="training", kinds={"pytorch", "mlflow"}, pool="gpu",
-          ins={"splits": dg.AssetIn(), "segments": ALL_RELEASES, "features": ALL_RELEASES})  # fmt: skip
+          ins={"splits": dg.AssetIn(), "segments": ALL_RELEASES, "features": ALL_RELEASES},
+          output_required=False)  # fmt: skip
 def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: ReconetSettings,
           mlflow_tracking: MlflowTracking, splits: pa.Table, segments: pa.Table, features: pa.Table,
-          ) -> dg.MaterializeResult:  # fmt: skip
+          ) -> Iterator[dg.MaterializeResult]:  # fmt: skip
     """A vocalist classifier trained on one split kind (a partition), checkpointed every epoch
     (resumes after a kill) and recorded in MLflow; the primary kind's model (`train.split_kind`)
-    becomes a new version of the registered model `reconet-vocalist`."""
+    becomes a new version of the registered model `reconet-vocalist`. A kind with fewer than two
+    eligible artists is skipped, with the reason in the log and the asset's metadata."""
     from ml.training.model_run import model_dir, train_and_log
 
+    if reason := unfit_reason(splits, context.partition_key):
+        return _skip(context, reason)
     params, paths = settings.params(), settings.paths()
     overrides = {k: v for k, v in (("model", config.model), ("epochs", config.epochs)) if v}
     if overrides:
@@ -73,7 +86,7 @@ def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: Reco
         register=kind == TrainParams.from_params(params).split_kind, logger=context.log,
         registered_model=mlflow_tracking.registered_model,
     )  # fmt: skip
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={
         "mlflow_run_id": outcome["run_id"], "registered_version": outcome.get("version") or "",
         "model": outcome["model"], "best_epoch": outcome["best_epoch"], "epochs_run": outcome["epochs_run"],
         "resumed_from_epoch": outcome["resumed_from_epoch"], "val_accuracy": outcome["val_accuracy"],
@@ -84,9 +97,10 @@ def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: Reco
 
 
 @dg.asset(partitions_def=split_kinds, group_name="training", kinds={"pytorch", "mlflow"}, deps=[model],
-          ins={"splits": dg.AssetIn(), "segments": ALL_RELEASES, "features": ALL_RELEASES})  # fmt: skip
+          ins={"splits": dg.AssetIn(), "segments": ALL_RELEASES, "features": ALL_RELEASES},
+          output_required=False)  # fmt: skip
 def evaluation(context: dg.AssetExecutionContext, settings: ReconetSettings, mlflow_tracking: MlflowTracking,
-               splits: pa.Table, segments: pa.Table, features: pa.Table) -> dg.MaterializeResult:  # fmt: skip
+               splits: pa.Table, segments: pa.Table, features: pa.Table) -> Iterator[dg.MaterializeResult]:  # fmt: skip
     """The split kind's model on its test set, at segment and song level: accuracy, macro and
     weighted P/R/F1, one-vs-all table, confusion matrix, top-K curve, t-SNE, errors by genre.
     Written to `reports/evaluation/<kind>/` and `reports/metrics.json`, logged to the MLflow run."""
@@ -94,6 +108,8 @@ def evaluation(context: dg.AssetExecutionContext, settings: ReconetSettings, mlf
 
     from ml.training.model_run import evaluate_and_log
 
+    if reason := unfit_reason(splits, context.partition_key):
+        return _skip(context, reason)
     params, paths = settings.params(), settings.paths()
     kind = context.partition_key
     report = evaluate_and_log(params, paths, kind, splits, segments, features, mlflow_tracking.uri(paths.root),
@@ -117,4 +133,4 @@ def evaluation(context: dg.AssetExecutionContext, settings: ReconetSettings, mlf
             f"| {r['f1']:.3f} |" for r in m["one_vs_all"])
     )  # fmt: skip
     context.log.info(json.dumps({k: metadata[k] for k in ("segment_accuracy", "song_accuracy", "song_macro_f1")}))
-    return dg.MaterializeResult(metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata)

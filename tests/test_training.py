@@ -217,3 +217,37 @@ def test_training_on_augmented_raw_clips(tmp_path, monkeypatch):
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out["run_id"])
     assert out["epochs_run"] == 2 and run.data.params["train.augment"] == "True"
     assert run.data.params["augment.remix.p"] == "1.0"
+
+
+def test_a_split_kind_without_two_eligible_artists_is_skipped_with_its_reason(project_dirs):
+    """No artist has two albums: the album split is empty, and training on it is skipped (it crashed on
+    an empty class list), with the reason in the asset's metadata."""
+    import dagster as dg
+
+    from assets.resources import table_path
+    from ml.tables import write_table
+    from pipeline.definitions import defs
+
+    segments = _segments(albums=1)
+    splits, excluded = split_segments(segments, SplitParams(kinds=("song", "album")))
+    assert {e.kind for e in excluded} == {"album"}
+    tables = project_dirs["data"] / "tables"
+    write_table(splits, tables / "splits.parquet")
+    write_table(segments, table_path(tables, "segments", "Choir/Only Album"))
+    write_table(pa.table({"segment_id": segments.column("segment_id"), "feature_file": ["f.npy"] * segments.num_rows,
+                          "feature_row": pa.array(range(segments.num_rows), pa.int32())}),
+                table_path(tables, "features", "Choir/Only Album"))  # fmt: skip
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("releases", ["Choir/Only Album"])
+        result = defs.resolve_job_def("training_job").execute_in_process(instance=instance, partition_key="album")
+        assert result.success
+        assert {e.step_key: e.event_type_value for e in result.all_events if e.is_step_event and e.step_key in
+                ("model", "evaluation") and e.event_type_value in ("STEP_SUCCESS", "STEP_SKIPPED")} == {
+            "model": "STEP_SUCCESS", "evaluation": "STEP_SKIPPED"}  # fmt: skip
+        assert not instance.get_materialized_partitions(dg.AssetKey("model"))
+        observation = instance.fetch_observations(dg.AssetKey("model"), limit=1).records[0].asset_observation
+        assert observation.partition == "album"
+        assert "no artist is eligible for the album split" in observation.metadata["skipped"].value
+        alone = defs.resolve_job_def("training_job").execute_in_process(  # the `evaluation` stage on its own
+            instance=instance, partition_key="album", asset_selection=[dg.AssetKey("evaluation")])
+        assert alone.success and not instance.get_materialized_partitions(dg.AssetKey("evaluation"))

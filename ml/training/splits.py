@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ml import config
 
@@ -153,6 +154,19 @@ def split_segments(segments: pa.Table, settings: SplitParams) -> tuple[pa.Table,
     from ml.tables import table_from_rows
 
     return table_from_rows(rows, SPLITS_SCHEMA), excluded
+
+
+def unfit_reason(table: pa.Table, kind: str) -> str | None:
+    """Why no classifier can be trained on split ``kind`` of a splits table (None: one can): fewer
+    than two artists have training clips in it (e.g. no artist has the two albums the album split
+    needs)."""
+    rows = table.filter(pc.and_(pc.equal(table.column("kind"), kind), pc.equal(table.column("fold"), 0)))
+    artists = sorted(set(rows.filter(pc.equal(rows.column("split"), "train")).column("artist").to_pylist()), key=str)
+    if len(artists) >= 2:
+        return None
+    which = f"only {artists[0]!r} is" if artists else "no artist is"
+    return (f"{which} eligible for the {kind} split, and a classifier needs 2 artists (the `splits` asset's "
+            "metadata lists the artists left out and why)")  # fmt: skip
 
 
 def split_problems(table: pa.Table) -> list[str]:
