@@ -45,6 +45,9 @@ TRACKS_SCHEMA = pa.schema(
         pa.field("genre", pa.string()),
         pa.field("year", pa.int32()),
         pa.field("compilation", pa.bool_()),
+        # the fields (artist, album, title, track_number) taken from the Artist/Album/NN Title.ext path
+        # because the tags lack them (catalogue.names_from_layout); the others come from the tags
+        pa.field("from_path", pa.list_(pa.string())),
     ]
 )
 

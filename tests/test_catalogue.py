@@ -121,3 +121,34 @@ def test_a_file_name_that_is_not_utf8_is_kept_and_its_path_round_trips(tmp_path)
     assert odd["path_bytes"] == b"Artist/Alb\xe9um/02 \xff\xfe odd.mp3"  # lossless
     assert os.fsencode(library_file(tmp_path, odd)) == folder + b"/02 \xff\xfe odd.mp3"
     assert all(library_file(tmp_path, row).is_file() for row in rows.values())
+
+
+def test_untagged_files_take_artist_album_and_title_from_the_layout_and_say_so(tmp_path):
+    from ml.catalogue.cleaning import clean
+
+    album = tmp_path / "Nina Vale" / "Blue Hours"
+    make_tone(album / "01 - Morning Song.mp3", "mp3")  # no tags at all
+    _tag(make_tone(album / "02 Tagged.mp3", "mp3", freq=550), "Tag Artist", "Tag Title")  # no album tag
+    make_tone(tmp_path / "Nina Vale" / "Live" / "CD2" / "03 Encore.mp3", "mp3", freq=660)
+    rows = {}
+    for key, folder in find_releases(tmp_path, EXTS).items():
+        rows.update({r["path"]: r for r in scan_release(tmp_path, key, folder, PARAMS).tracks.to_pylist()})
+    names = {p: (r["artist"], r["album"], r["title"], r["track_number"], r["from_path"]) for p, r in rows.items()}
+    assert names == {
+        "Nina Vale/Blue Hours/01 - Morning Song.mp3":
+            ("Nina Vale", "Blue Hours", "Morning Song", 1, ["title", "track_number", "artist", "album"]),
+        "Nina Vale/Blue Hours/02 Tagged.mp3": ("Tag Artist", "Blue Hours", "Tag Title", 2, ["track_number", "album"]),
+        "Nina Vale/Live/CD2/03 Encore.mp3": ("Nina Vale", "Live", "Encore", 3, ["title", "track_number", "artist",
+                                                                                 "album"]),
+    }  # fmt: skip
+    assert rows["Nina Vale/Blue Hours/01 - Morning Song.mp3"]["artists"] == ["Nina Vale"]
+    assert not rows["Nina Vale/Blue Hours/01 - Morning Song.mp3"]["has_tags"]  # the tags are still empty
+    params = {**PARAMS, "cleaning": {**PARAMS["cleaning"], "min_duration_s": 1.0}}  # 2 s tones are songs here
+    tracks = scan_release(tmp_path, "Nina Vale/Blue Hours", album, params).tracks
+    assert clean(tracks, params).rejected.num_rows == 0  # no longer rejected as no_artist
+
+    tags_only = {**params, "catalogue": {**PARAMS["catalogue"], "names_from_layout": False}}
+    row = scan_release(tmp_path, "Nina Vale/Blue Hours", album, tags_only).tracks.to_pylist()[0]
+    assert (row["artist"], row["album"], row["title"], row["from_path"]) == (None, None, None, [])
+    assert [r["reason"] for r in clean(scan_release(tmp_path, "x", album, tags_only).tracks, tags_only)
+            .rejected.to_pylist()] == ["no_artist"]  # fmt: skip

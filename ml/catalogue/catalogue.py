@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ml.catalogue.tags import UnreadableAudioError, read_audio_file
+from ml.catalogue.tags import UnreadableAudioError, clean_tag_text, read_audio_file
 from ml.tables import REJECTED_SCHEMA, TRACKS_SCHEMA, table_from_rows
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,25 @@ def release_states(library: Path, extensions: Iterable[str]) -> dict[str, Releas
     return {key: folder_state(folder, extensions) for key, folder in find_releases(library, extensions).items()}
 
 
+_DISC_FOLDER = re.compile(r"^(cd|dis[ck])\s*\d+$", re.IGNORECASE)
+_NUMBERED_NAME = re.compile(r"^(\d{1,3})(?:\s*[-._]\s*|\s+)(.+)$")
+
+
+def names_from_layout(relative: str) -> dict[str, Any]:
+    """Artist, album, title and track number as an ``Artist/Album/NN Title.ext`` path names them
+    (the RecoNet report's layout; a disc folder such as ``CD1`` is passed over): those it holds."""
+    *folders, name = relative.split("/")
+    if folders and _DISC_FOLDER.match(folders[-1]):
+        folders.pop()
+    stem = name.rsplit(".", 1)[0]
+    numbered = _NUMBERED_NAME.match(stem)
+    values: dict[str, Any] = {"title": clean_tag_text(numbered.group(2) if numbered else stem),
+                              "track_number": int(numbered.group(1)) if numbered else None}  # fmt: skip
+    if len(folders) >= 2:
+        values.update(artist=clean_tag_text(folders[-2]), album=clean_tag_text(folders[-1]))
+    return {k: v for k, v in values.items() if v}
+
+
 @dataclass
 class Probe:
     content_sha256: str
@@ -214,6 +233,12 @@ def scan_file(path: Path, library: Path, release: str, params: dict[str, Any]) -
         return "rejected", _reject(rel, release, "truncated", detail, track_id)
     if probe.decoded_duration_s <= 0:
         return "rejected", _reject(rel, release, "empty", "no decodable audio", track_id)
+    names = {"artist": tags.artist, "album": tags.album, "title": tags.title, "track_number": tags.track_number}
+    from_path = []  # what the tags lack, taken from the folder and file names
+    if catalogue.get("names_from_layout", True):
+        layout = names_from_layout(rel)
+        from_path = [key for key in layout if not names[key]]
+        names.update({key: layout[key] for key in from_path})
     return "track", {
         "track_id": track_id,
         "content_sha256": probe.content_sha256,
@@ -229,15 +254,16 @@ def scan_file(path: Path, library: Path, release: str, params: dict[str, Any]) -
         "channels": props.channels,
         "bitrate_kbps": props.bitrate_kbps,
         "has_tags": tags.has_tags,
-        "artist": tags.artist,
-        "artists": tags.artists,
+        "artist": names["artist"],
+        "artists": tags.artists or ([names["artist"]] if names["artist"] else []),
         "album_artist": tags.album_artist,
-        "album": tags.album,
-        "title": tags.title,
-        "track_number": tags.track_number,
+        "album": names["album"],
+        "title": names["title"],
+        "track_number": names["track_number"],
         "genre": tags.genre,
         "year": tags.year,
         "compilation": tags.compilation,
+        "from_path": from_path,
     }
 
 
