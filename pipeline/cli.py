@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -200,11 +201,20 @@ def materialize(stage: str, library: str | None = None) -> int:
     return _report_failed(done[2])
 
 
+def mlflow_ui(uri: str) -> str:
+    """How to see the MLflow store at ``uri``: a tracking server is its own UI; a local store (SQLite,
+    a database, a folder) opens with `mlflow ui`."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri}  (the tracking server's UI)"
+    return f".venv/bin/mlflow ui --backend-store-uri {shlex.quote(uri)} -h 127.0.0.1  (then http://127.0.0.1:5000)"
+
+
 def _print_summary(paths: config.Paths, seconds: float) -> None:
     import pyarrow.compute as pc
 
     from ml.catalogue.rejected import RELEASE_FAILED
     from ml.tables import read_table
+    from ml.training.tracking import tracking_uri
 
     kept = read_table(paths.tables / "clean_tracks.parquet")
     rejected = read_table(paths.tables / "rejected.parquet")
@@ -244,10 +254,7 @@ def _print_summary(paths: config.Paths, seconds: float) -> None:
                            ("segment", "song_mean_probability") for name in ("accuracy", "macro_f1")))  # fmt: skip
         Console().print(scores)
     console.print(f"tables:  {paths.tables}\nstems:   {paths.vocals}\nreports: {paths.eda_reports.parent}")
-    console.print(
-        f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{paths.root / 'mlflow.db'} "
-        "-h 127.0.0.1  (then http://127.0.0.1:5000)"
-    )
+    console.print(f"MLflow:  {mlflow_ui(tracking_uri(paths.root))}")
     console.print(f"UI:      DAGSTER_HOME={paths.dagster_home} .venv/bin/dagster dev -w workspace.yaml  (or: make ui)")
 
 

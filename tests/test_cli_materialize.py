@@ -113,3 +113,21 @@ def test_materialize_runs_one_stage_for_every_release_and_fails_clearly(tmp_path
     message = " ".join(proc.stderr.split())
     assert "segments_job [segments] failed for" in message
     assert "has not been materialised yet" in message and "reconet materialize segments: failed" in message
+
+
+def test_the_run_summary_names_the_mlflow_store_the_run_wrote_to(project_dirs, monkeypatch, capsys, tmp_path):
+    from ml import config
+    from ml.tables import CLEAN_TRACKS_SCHEMA, REJECTED_SCHEMA, write_table
+    from pipeline.cli import _print_summary
+
+    paths = config.paths()
+    write_table(CLEAN_TRACKS_SCHEMA.empty_table(), paths.tables / "clean_tracks.parquet")
+    write_table(REJECTED_SCHEMA.empty_table(), paths.tables / "rejected.parquet")
+    monkeypatch.setenv("COLUMNS", "300")
+    store = tmp_path / "elsewhere" / "runs.db"
+    for uri, expected in ((f"sqlite:///{store}", f"mlflow ui --backend-store-uri sqlite:///{store} "),
+                          ("http://mlflow.internal:5000", "MLflow:  http://mlflow.internal:5000 ")):  # fmt: skip
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        _print_summary(paths, 1.0)
+        output = capsys.readouterr().err
+        assert expected in output and "mlflow.db" not in output
