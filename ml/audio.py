@@ -49,6 +49,18 @@ def probe_channels(path: str | Path) -> int:
     return channels
 
 
+def probe_duration(path: str | Path) -> float | None:
+    """The duration its container announces, in seconds (None when it announces none)."""
+    cmd = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+        return float(json.loads(proc.stdout)["format"]["duration"])
+    except FileNotFoundError:
+        raise _ffmpeg_missing() from None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def to_stereo(block: np.ndarray) -> np.ndarray:
     """(n, channels) -> (n, 2): mono duplicated, channels beyond the second dropped (as Spleeter)."""
     if block.shape[1] == 1:

@@ -304,6 +304,41 @@ def enrol(artist: str, files: list[Path], kind: str | None) -> int:
     return 0
 
 
+def identify(files: list[Path], model: str | None, top_k: int, as_json: bool) -> int:
+    """Who sings each file (ml/identification/identify.py): 0 all answered, 1 a file could not be
+    identified (its error is shown, the others still run), 2 no model (raised to main)."""
+    import json
+    import logging
+
+    from ml.identification.bundle import load_bundle
+    from ml.identification.identify import result_text
+    from ml.training.tracking import CHAMPION, REGISTERED_MODEL, tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet = logging.getLogger("reconet.identify")  # a file's failure is in its result, not logged twice
+    quiet.setLevel(logging.ERROR)
+    uri = model or f"models:/{REGISTERED_MODEL}@{CHAMPION}"
+    try:
+        bundle = load_bundle(uri, tracking_uri(config.project_root()))
+    except ValueError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    results = []
+    with _progress() as progress:
+        for path in files:
+            task = progress.add_task(escape(f"{path.name[:40]}: separating"), total=None)
+
+            def on_progress(stage: str, done: float, total: float | None, task=task, path=path) -> None:
+                progress.update(task, description=escape(f"{path.name[:40]}: {stage}"), completed=done, total=total)
+
+            results.append(bundle.identify(path, top_k, str(path), on_progress, quiet))
+            progress.remove_task(task)
+            if not as_json:
+                print(result_text(results[-1]), flush=True)
+    if as_json:
+        print(json.dumps(results, indent=1))
+    return 1 if any(r["status"] == "error" for r in results) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reconet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -321,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     enrol_parser.add_argument("--artist", required=True, help="the singer's name")
     enrol_parser.add_argument("--kind", help="the split kind's model (default: train.split_kind)")
     enrol_parser.add_argument("files", nargs="+", type=Path, help="1 to 3 recordings of the singer")
+    identify_parser = sub.add_parser("identify", help="who sings each recording: top-K singers and a timeline")
+    identify_parser.add_argument("files", nargs="+", type=Path, help="recordings (any format the catalogue reads)")
+    identify_parser.add_argument("--model", help="a model URI (models:/..., runs:/...) or folder (default: the "
+                                 "registry's reconet-vocalist@champion)")  # fmt: skip
+    identify_parser.add_argument("--top-k", type=int, default=5, help="singers to list (default 5)")
+    identify_parser.add_argument("--json", action="store_true", help="print the results as JSON")
     ui_parser = sub.add_parser("ui", help="open the Dagster UI on 127.0.0.1")
     ui_parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
@@ -336,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
             return register(args.library)
         if args.command == "enrol":
             return enrol(args.artist, args.files, args.kind)
+        if args.command == "identify":
+            if args.top_k < 1:
+                parser.error("--top-k must be at least 1")
+            return identify(args.files, args.model, args.top_k, args.json)
         return ui(args.port)
     except (FileNotFoundError, FileExistsError, RuntimeError) as exc:
         console.print(f"[red]reconet: {exc}[/red]")

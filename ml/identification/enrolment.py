@@ -1,80 +1,43 @@
 """Enrolling a singer without retraining, and naming the singer of a set of clips.
 
 ``reconet enrol --artist NAME FILE...`` turns 1–3 recordings into clips the way the pipeline does
-(the torch separation backend into the project's stem cache, then the clip cutting of
-params.yaml's ``segments``), embeds them with the trained embedding model, and stores the mean as
+(``ml/identification/identify.py``: the torch separation backend into the project's stem cache,
+then the clip cutting the model was trained with), embeds them with the trained embedding model, and stores the mean as
 the singer's reference beside the model (``references.safetensors``). The model folder is then
 logged as a new version of the registered model, tagged with the enrolled singer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ml import config
-from ml.identification import open_set
 
 log = logging.getLogger(__name__)
 MAX_ENROL_FILES = 3
 
 
-def recording_clips(path: Path, params: dict[str, Any], paths: config.Paths, device, logger=None) -> np.ndarray:
-    """The vocal clips (N, samples) float32 of one recording, cut as the pipeline cuts a song."""
-    from ml.audio import load_audio, to_mono
-    from ml.clips.segmentation import SegmentParams, cut_clips, pack
-    from ml.separation.separation import SeparationInput, SeparationParams, checkpoint_sha256, separate_with_torch
-    from ml.separation.stems import StemCache
-
-    logger = logger or log
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    track_id = f"enrol-{digest[:32]}"
-    separation = SeparationParams.from_params(params, backend="torch")
-    cache = StemCache(paths.vocals, "torch", checkpoint_sha256(paths.spleeter_checkpoint))
-    if cache.get(track_id) is None:
-        failures = separate_with_torch([SeparationInput(track_id, path.resolve())], cache, paths.spleeter_weights,
-                                       device, separation, logger=logger)  # fmt: skip
-        if failures:
-            raise ValueError(f"{path}: {failures[0].reason}: {failures[0].detail}")
-    entry = cache.get(track_id)
-    settings = SegmentParams.from_params(params)
-    vocals = to_mono(load_audio(entry.vocals, settings.sample_rate, stereo=False))
-    clips, _ = cut_clips(vocals, settings)
-    if not clips:
-        raise ValueError(f"{path}: no singing found (no clip of voice in its separated vocals)")
-    return pack(vocals, clips, settings.clip_samples).astype(np.float32) / 32767
-
-
 def song_vector(info: dict[str, Any], run_dir: Path, clips: np.ndarray, device) -> np.ndarray:
     """The clips' reference vector in the model's space (unit length)."""
-    from ml.identification.backend import load_backend, transform
-    from ml.training.embedding_run import embedder_for
+    from ml.identification.identify import Identifier
 
-    embedder, _ = embedder_for(info, device)
-    vectors = transform(load_backend(run_dir / "backend.skops"), embedder.embed(torch.from_numpy(clips)))
-    return open_set.mean_direction(open_set.Normaliser.unit_only()(vectors))
+    identifier = Identifier.from_folder(run_dir, info, device)
+    return identifier.song_vector(identifier.classify(clips)[1])
 
 
 def identify_clips(info: dict[str, Any], run_dir: Path, clips: np.ndarray, device) -> dict[str, Any]:
     """Every reference's cosine score for the clips of one recording, best first, and the answer:
     the best singer, or "unknown" when the best score is below the model's open-set threshold."""
-    from ml.training.embedding_run import load_references
+    from ml.identification.identify import Identifier
 
-    refs = load_references(run_dir / "references.safetensors")
-    names, scores = open_set.score(song_vector(info, run_dir, clips, device)[None], refs)
-    ranking = sorted(zip(names, scores[0].tolist(), strict=True), key=lambda x: -x[1])
-    threshold = (info.get("open_set") or {}).get("threshold")
-    known = threshold is None or ranking[0][1] >= threshold
-    return {"singer": ranking[0][0] if known else "unknown", "score": ranking[0][1], "threshold": threshold,
-            "ranking": ranking}  # fmt: skip
+    identifier = Identifier.from_folder(run_dir, info, device)
+    answer = identifier.open_set_answer(identifier.classify(clips)[1])
+    return {**answer, "singer": answer["singer"] or "unknown"}
 
 
 def enrol_clips(info: dict[str, Any], run_dir: Path, artist: str, clips: np.ndarray, device,
@@ -107,8 +70,9 @@ def enrol(params: dict[str, Any], paths: config.Paths, kind: str, artist: str, f
 
     from ml.catalogue.rejected import record_rejected
     from ml.device import device_from_params
+    from ml.identification.bundle import log_bundle
+    from ml.identification.identify import NoVocals, preprocessing_of, recording_clips
     from ml.tables import REJECTED_SCHEMA, table_from_rows, write_text
-    from ml.training.embedding_run import log_bundle
     from ml.training.model_run import load_trained, model_dir
     from ml.training.tracking import mlflow_run, register
 
@@ -121,14 +85,15 @@ def enrol(params: dict[str, Any], paths: config.Paths, kind: str, artist: str, f
                          "(train.model: voice_embedding, voice_fusion or classical)")  # fmt: skip
     device = device_from_params(params)
     run_dir = model_dir(paths, info)
+    info = {**info, "preprocessing": preprocessing_of(info, params, paths)}
     clips, used, rejected = [], [], []
     for i, path in enumerate(files, 1):
         logger.info(f"[{i}/{len(files)}] separating and cutting {path}")
         try:
-            clips.append(recording_clips(Path(path), params, paths, device, logger))
+            clips.append(recording_clips(Path(path), info["preprocessing"], params, paths, device, logger).clips)
             used.append(Path(path).name)
         except (OSError, ValueError, RuntimeError) as exc:  # a bad recording is left out, the others still count
-            reason = "no_segments" if "no singing" in str(exc) else "missing" if isinstance(exc, FileNotFoundError) \
+            reason = "no_segments" if isinstance(exc, NoVocals) else "missing" if isinstance(exc, FileNotFoundError) \
                 else "unreadable"  # fmt: skip
             logger.warning(f"{path}: left out ({reason}): {exc}")
             rejected.append({"path": str(path), "release": f"enrol: {artist}", "stage": "enrol", "reason": reason,

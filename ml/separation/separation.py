@@ -268,8 +268,10 @@ def separate_with_torch(
     device: Any,
     settings: SeparationParams,
     logger: logging.Logger | Any = None,
+    on_progress: Callable[[str, float], None] | None = None,
 ) -> list[Failure]:
     """Separate ``tracks`` into ``cache``; a track that cannot be decoded becomes a Failure.
+    ``on_progress(track_id, seconds)`` is called after each separated block with its length.
 
     Three stages overlap: a thread decodes the next blocks (ffmpeg), the calling thread runs the
     network, and a thread encodes and commits the stems. Each holds at most a few blocks, so
@@ -315,6 +317,8 @@ def separate_with_torch(
     try:
         for block in separator.separate((t.track_id, reader.blocks(t.track_id)) for t in tracks):
             writer.put(block)
+            if on_progress is not None:
+                on_progress(block.key, len(block.mix) / STEM_SAMPLE_RATE)
             report_finished()
         writer.finish()
         report_finished()

@@ -30,6 +30,7 @@ from ml.identification.backend import (
     save_backend,
     transform,
 )
+from ml.identification.identify import preprocessing
 from ml.tables import atomic_path, write_text
 
 
@@ -97,7 +98,8 @@ def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model
             "open_set": {"threshold": calibration["threshold"] if calibration else None,
                          "far": settings_open.far, "calibrated_on": held_out,
                          "val_eer": calibration["eer"] if calibration else None},
-            "enrolled": [], "val_accuracy": val_accuracy, "fit_seconds": time.perf_counter() - started,
+            "enrolled": [], "val_accuracy": val_accuracy, "preprocessing": preprocessing(params, paths),
+            "fit_seconds": time.perf_counter() - started,
             "dir": run_dir.relative_to(run_dir.parents[2]).as_posix()}  # fmt: skip
     mlflow.log_metrics({"val_accuracy": val_accuracy, "val_loss": val_loss, "embed_seconds": embed_seconds,
                         "fit_seconds": info["fit_seconds"]})  # fmt: skip
@@ -106,24 +108,6 @@ def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model
     logger.info(f"{model_name} on the {kind} split: validation accuracy {val_accuracy:.3f} "
                 f"({len(y_train)} training clips, {info['fit_seconds']:.0f} s)")  # fmt: skip
     return info
-
-
-def log_bundle(run_dir: Path, info: dict[str, Any]):
-    """The run folder's files as an MLflow pyfunc model (``ml.identification.pyfunc``); ``info``
-    travels as ``bundle.json`` (``model.json`` is written after registration, as the marker)."""
-    import mlflow
-
-    write_text(json.dumps(info, indent=1), run_dir / "bundle.json")
-    from ml.identification.pyfunc import EmbeddingModel
-
-    artifacts = {name: str(run_dir / name) for name in ("backend.skops", "references.safetensors", "bundle.json")}
-    # requirements named here: MLflow's inference of them loads the model in a subprocess (a minute)
-    from importlib.metadata import version
-
-    requirements = [f"{p}=={version(p)}" for p in ("torch", "torchaudio", "scikit-learn", "skops", "resemblyzer",
-                                                   "safetensors", "numpy", "pandas")]  # fmt: skip
-    return mlflow.pyfunc.log_model(name="model", python_model=EmbeddingModel(), artifacts=artifacts,
-                                   pip_requirements=requirements)
 
 
 def write_model_json(info: dict[str, Any], run_dir: Path) -> None:

@@ -25,6 +25,7 @@ from ml.clips.features import FeatureParams
 from ml.clips.loader import SegmentDataset
 from ml.device import device_from_params
 from ml.identification.backend import is_embedding_model
+from ml.identification.identify import preprocessing
 from ml.models import build_model
 from ml.tables import write_text
 from ml.training.evaluation import Predictions, Report, evaluate, predict
@@ -123,8 +124,8 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
             info = json.loads(done.read_text(encoding="utf-8"))
             logger.info(f"the {kind} model was already trained with this configuration and data ({run_dir})")
         else:
-            info = _record(result, run_dir, run.info.run_id, settings, feature_params, classes, kind, version,
-                           val_set, tracking_uri, registered_model if register else None, logger)  # fmt: skip
+            info = _record(result, run_dir, run.info.run_id, settings, preprocessing(params, paths), classes, kind,
+                           version, tracking_uri, registered_model if register else None, logger)  # fmt: skip
     write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
     best = next((h for h in result.history if h.epoch == result.best_epoch), result.history[-1])
     return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
@@ -153,6 +154,7 @@ def _train_embedding_model(params: dict[str, Any], paths: config.Paths, kind: st
     that finished is returned as recorded, and one killed before ``model.json`` is fitted again."""
     import mlflow
 
+    from ml.identification.bundle import log_bundle
     from ml.training import embedding_run
     from ml.training.tracking import mlflow_run, register
 
@@ -174,7 +176,7 @@ def _train_embedding_model(params: dict[str, Any], paths: config.Paths, kind: st
             info = embedding_run.fit_and_record(params, paths, kind, settings.model, settings.model_options,
                                                 train_rows, val_rows, classes, run_dir, run.info.run_id, version,
                                                 device, logger)  # fmt: skip
-            logged = embedding_run.log_bundle(run_dir, info)
+            logged = log_bundle(run_dir, info)
             if registered_model:
                 info["version"] = register(tracking_uri, run.info.run_id, logged.model_uri, registered_model)
                 mlflow.set_tag("registered_version", info["version"])
@@ -186,27 +188,27 @@ def _train_embedding_model(params: dict[str, Any], paths: config.Paths, kind: st
             "seconds": time.perf_counter() - started}  # fmt: skip
 
 
-def _record(result, run_dir: Path, run_id: str, settings: TrainParams, features: FeatureParams, classes: list[str],
-            kind: str, version: str, val_set: SegmentDataset, tracking_uri: str, registered_model: str | None,
-            logger) -> dict[str, Any]:  # fmt: skip
-    """Save a finished run's weights and log them, with the model, to its (active) MLflow run;
-    register it when ``registered_model`` is given. ``model.json`` is written last: it marks the
-    run as finished and recorded."""
+def _record(result, run_dir: Path, run_id: str, settings: TrainParams, prep: dict[str, Any], classes: list[str],
+            kind: str, version: str, tracking_uri: str, registered_model: str | None, logger) -> dict[str, Any]:
+    """Save a finished run's weights and log them, with the model's pyfunc bundle
+    (``ml/identification/bundle.py``), to its (active) MLflow run; register it when
+    ``registered_model`` is given. ``model.json`` is written last: it marks the run as finished."""
     import mlflow
     from safetensors.torch import save_file
 
+    from ml.identification.bundle import log_bundle
     from ml.training.tracking import register
 
     weights = run_dir / "model.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(weights))
     info = {"model": settings.model, "model_options": settings.model_options, "classes": classes,
-            "n_mels": features.n_mels, "kind": kind, "run_id": run_id, "data_version": version,
-            "best_epoch": result.best_epoch, "version": None,
+            "n_mels": prep["features"]["n_mels"], "preprocessing": prep, "kind": kind, "run_id": run_id,
+            "data_version": version, "best_epoch": result.best_epoch, "version": None,
             "dir": run_dir.relative_to(run_dir.parents[2]).as_posix()}  # fmt: skip
     # ("dir" is relative to the data folder: a moved or DVC-pulled project still finds it)
     mlflow.log_artifact(str(weights), "weights")
     mlflow.log_metric("best_epoch", result.best_epoch)
-    logged = _log_mlflow_model(result.model.cpu(), val_set, features)
+    logged = log_bundle(run_dir, info)
     if registered_model:
         info["version"] = register(tracking_uri, run_id, logged.model_uri, registered_model)
         mlflow.set_tag("registered_version", info["version"])
@@ -214,32 +216,6 @@ def _record(result, run_dir: Path, run_id: str, settings: TrainParams, features:
     write_text(json.dumps(info, indent=1), run_dir / "model.json")
     mlflow.log_artifact(str(run_dir / "model.json"), "weights")
     return info
-
-
-def _log_mlflow_model(model: torch.nn.Module, dataset: SegmentDataset, features: FeatureParams):
-    """The model in MLflow's pytorch flavour (MLflow 3 stores it as a traced ``pt2`` program, not a
-    pickle), with one clip as input example and the signature inferred from it."""
-    import mlflow
-
-    from ml.clips.features import LogMel
-    from ml.models import logits, needs_audio
-
-    batch = dataset.__getitems__([0])
-    with torch.inference_mode():
-        log_mel = batch.log_mel.float() if batch.log_mel is not None else LogMel(features)(batch.audio)
-        scores = logits(model, log_mel, batch.audio if needs_audio(model) else None).numpy()
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    def spec(array, name=None) -> TensorSpec:
-        return TensorSpec(array.dtype, (-1, *array.shape[1:]), name)
-
-    inputs = [log_mel.numpy()] + ([batch.audio.numpy()] if needs_audio(model) else [])
-    names = ["log_mel", "audio"] if needs_audio(model) else [None]
-    signature = ModelSignature(Schema([spec(x, n) for x, n in zip(inputs, names, strict=False)]),
-                               Schema([spec(scores)]))  # fmt: skip
-    example = tuple(inputs) if needs_audio(model) else inputs[0]
-    return mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature)
 
 
 def model_dir(paths: config.Paths, info: dict[str, Any]) -> Path:

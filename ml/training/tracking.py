@@ -5,9 +5,9 @@ runs and the model registry live in ``sqlite:///<root>/mlflow.db`` with artifact
 ``<root>/mlartifacts/`` (MLflow 3 refuses the plain ``./mlruns`` file store). Browse them with
 ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` (see README).
 
-The model is logged with ``mlflow.pytorch`` (MLflow 3 stores a traced ``pt2`` program, with its
-signature and an input example) for MLflow serving; reconet itself loads models only from the
-safetensors weights that every run also logs.
+Every model is logged as one pyfunc bundle (``ml/identification/bundle.py``: audio in, the
+singers out) for ``reconet identify`` and MLflow serving; its weights are safetensors (a network)
+or a skops file (an embedding model's back-end), never a pickle.
 """
 
 from __future__ import annotations

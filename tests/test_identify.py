@@ -1,0 +1,163 @@
+"""`reconet identify` and the registered pyfunc bundle, end to end on real components: a
+voice_embedding model trained on synthetic voices and registered in a SQLite MLflow store, demo
+songs rendered, encoded, separated by the torch Spleeter backend and cut into clips, a singer
+enrolled from one demo song and named in another; `mlflow models serve` answering over HTTP."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_embedding_models import VOICES, _params, _project
+
+from ml import config
+from ml.training.splits import SplitParams, split_segments
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared_stems):
+    """A trained, registered model (v1), demo recordings, and the same model with a demo singer
+    enrolled from one of their songs (v2, the champion)."""
+    from ml.catalogue.demo_library import make_song_file, plan_library
+    from ml.identification.enrolment import enrol
+    from ml.training.model_run import train_and_log
+    from ml.training.tracking import promote_champion
+
+    root = tmp_path_factory.mktemp("identify")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    env = {"RECONET_DATA_DIR": str(root / "data"), "RECONET_REPORTS_DIR": str(root / "reports"),
+           "RECONET_STEMS_DIR": str(shared_stems), "MLFLOW_TRACKING_URI": uri}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        segments, features, _ = _project(root, list(VOICES)[:5])
+        params = _params("voice_embedding")
+        paths = config.paths(params)
+        splits, _ = split_segments(segments, SplitParams(kinds=("song",), min_songs=3))
+        out = train_and_log(params, paths, "song", splits, segments, features, uri, "reconet", register=True)
+        promote_champion(uri, "reconet-vocalist", out["version"], "song", 0.9)
+        specs = plan_library("small")
+        voice0 = [s for s in specs if s.case == "song" and s.voices == [0]]
+        instrumental = next(s for s in specs if s.case == "instrumental")
+        songs = root / "songs"
+        files = {name: songs / make_song_file(spec, str(songs)).path
+                 for name, spec in (("enrol", voice0[0]), ("same_singer", voice0[-1]),
+                                    ("instrumental", instrumental))}  # fmt: skip
+        files["corrupt"] = songs / "broken.mp3"
+        files["corrupt"].write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40)
+        files["empty"] = songs / "empty.flac"
+        files["empty"].write_bytes(b"")
+        files["text"] = songs / "notes.txt"
+        files["text"].write_text("not a song\n")
+        enrolled = enrol(params, paths, "song", "Demo Singer", [files["enrol"]], uri, "reconet", "reconet-vocalist")
+        promote_champion(uri, "reconet-vocalist", enrolled["version"], "song", 0.95)
+        yield {"root": root, "uri": uri, "env": env, "files": files, "trained_version": out["version"]}
+
+
+@pytest.fixture
+def project_env(project, monkeypatch):
+    for key, value in project["env"].items():
+        monkeypatch.setenv(key, value)
+    return project
+
+
+def _identify(capsys, *args) -> tuple[int, str]:
+    from pipeline.cli import main
+
+    code = main(["identify", *map(str, args)])
+    return code, capsys.readouterr().out
+
+
+def test_identify_names_an_enrolled_singer_and_reports_unknown_no_vocals_and_bad_files(project_env, capsys):
+    files = project_env["files"]
+    # the trained version knows only the synthetic voices: the demo singer is nobody it knows
+    code, out = _identify(capsys, files["same_singer"], "--json", "--model",
+                          f"models:/reconet-vocalist/{project_env['trained_version']}")  # fmt: skip
+    assert code == 0
+    [before] = json.loads(out)
+    assert before["status"] == "ok" and before["unknown"] and before["singer"] is None
+    assert before["score"] < before["threshold"]
+    # the champion carries the demo singer's reference (enrolled from another of their songs) and
+    # names them: the references travel in the registered bundle
+    bad = [files[k] for k in ("instrumental", "corrupt", "empty", "text")]
+    code, out = _identify(capsys, files["same_singer"], *bad, "--json", "--top-k", "3")
+    assert code == 1  # some files could not be identified; the others still ran
+    song, instrumental, corrupt, empty, text = json.loads(out)
+    assert song["status"] == "ok" and not song["unknown"] and song["singer"] == "Demo Singer"
+    assert song["score"] >= song["threshold"] and song["references"][0]["singer"] == "Demo Singer"
+    probabilities = [t["probability"] for t in song["top_k"]]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1
+    timeline = song["timeline"]
+    assert len(timeline) == song["clips"] >= 2
+    assert all(0 <= c["start_s"] < c["end_s"] <= song["duration_s"] + 0.01 for c in timeline)
+    assert [c["start_s"] for c in timeline] == sorted(c["start_s"] for c in timeline)
+    assert {c["singer"] for c in timeline} == {"Demo Singer"}  # who sings when, by the answer's rule
+    assert instrumental["status"] == "no_vocals" and instrumental["singer"] is None and not instrumental["top_k"]
+    for result, name in ((corrupt, "broken.mp3"), (empty, "empty.flac"), (text, "notes.txt")):
+        assert result["status"] == "error" and name in result["error"] and result["singer"] is None
+
+    code, out = _identify(capsys, files["same_singer"], files["instrumental"], files["text"])
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].endswith("Demo Singer, score {:.2f} >= threshold {:.2f}".format(song["score"], song["threshold"]))
+    assert any("no vocals found" in line and "Nightfall" in line for line in lines)
+    assert any(line.startswith(str(files["text"])) and "error" in line for line in lines)
+    assert sum(line.startswith("    ") and "-" in line.split()[0] for line in lines) >= len(timeline)
+
+
+def test_identify_without_a_model_exits_2(project_env, tmp_path, capsys, monkeypatch):
+    assert _identify(capsys, project_env["files"]["same_singer"], "--model", tmp_path / "nothing")[0] == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert _identify(capsys, project_env["files"]["same_singer"])[0] == 2  # no champion in an empty registry
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_champion_serves_through_mlflow_models_serve(project_env):
+    """The real `mlflow models serve` process on 127.0.0.1; a POST on /invocations with the bytes
+    of a demo song (base64, as MLflow's JSON carries binary columns) and of a text file."""
+    port = _free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", "models:/reconet-vocalist@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, **project_env["env"],  # it starts `uvicorn` from the PATH
+                                   "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                              start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                pytest.fail(f"mlflow models serve did not start: {server.stdout.read().decode()[-3000:]}")
+            time.sleep(2)
+        files = project_env["files"]
+        data = [[base64.b64encode(files[k].read_bytes()).decode(), files[k].name] for k in ("same_singer", "text")]
+        body = {"dataframe_split": {"columns": ["audio", "name"], "data": data}, "params": {"top_k": 2}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=300) as reply:
+            song, text = json.loads(reply.read())["predictions"]
+        assert song["file"] == files["same_singer"].name and song["status"] == "ok"
+        assert song["singer"] == "Demo Singer" and len(song["top_k"]) == 2 and song["timeline"]
+        assert text["status"] == "error" and "notes.txt" in text["error"] and "reconet-identify-" not in text["error"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
