@@ -147,12 +147,34 @@ def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_vers
         assert (paths.reports / "evaluation" / "song" / name).exists()
     summary = json.loads((paths.reports / "metrics.json").read_text())
     assert summary["song"]["mlflow_run_id"] == out["run_id"]
+    _registered_bundle_classifies_raw_clips_as_the_trained_network(uri, paths, tmp_path / "data")
     if model_name == "crnn":
         assert out["epochs_run"] == params["train"]["epochs"]  # ended on its budget (warm-up: no early stop)
         params["train"]["epochs"] += 1  # a bigger budget continues the same run
         more = train_and_log(params, paths, "song", splits, segments, features, uri, "reconet-test", register=True)
         assert more["run_id"] == out["run_id"] and more["resumed_from_epoch"] == out["epochs_run"]
         assert more["epochs_run"] == out["epochs_run"] + 1
+
+
+def _registered_bundle_classifies_raw_clips_as_the_trained_network(uri, paths, data):
+    """The registered version is the audio bundle (ml/identification/bundle.py): from raw clips it
+    computes the log-mels itself and gives the probabilities the network gives on the cached ones."""
+    import torch
+
+    from ml.identification.bundle import load_bundle
+    from ml.models import logits, needs_audio
+    from ml.training.model_run import load_trained
+
+    bundle = load_bundle("models:/reconet-vocalist/1", uri)
+    audio = np.load(data / "segments" / "v.npy")[:12].astype(np.float32) / 32767
+    probabilities, vectors = bundle.identifier.classify(audio)
+    model, info = load_trained(paths, "song")
+    cached = torch.from_numpy(np.load(data / "features" / "f.npy")[:12].astype(np.float32))
+    with torch.inference_mode():
+        scores = logits(model, cached, torch.from_numpy(audio) if needs_audio(model) else None)
+    assert bundle.identifier.classes == info["classes"] and vectors is None
+    assert np.allclose(probabilities, torch.softmax(scores, 1).numpy(), atol=0.02)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
 KILLED_TRAINING = """
