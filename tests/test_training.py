@@ -273,3 +273,26 @@ def test_a_split_kind_without_two_eligible_artists_is_skipped_with_its_reason(pr
         alone = defs.resolve_job_def("training_job").execute_in_process(  # the `evaluation` stage on its own
             instance=instance, partition_key="album", asset_selection=[dg.AssetKey("evaluation")])
         assert alone.success and not instance.get_materialized_partitions(dg.AssetKey("evaluation"))
+
+
+def test_a_songs_side_stays_put_as_the_library_grows():
+    def sides(table: pa.Table, kind: str) -> dict[str, str]:
+        rows = table.filter(pc.equal(table.column("kind"), kind)).to_pylist()
+        return {r["track_id"]: r["split"] for r in rows}
+
+    before, _ = split_segments(_segments(songs_per_album=5), SplitParams(kinds=("song", "album")))
+    grown = _segments(songs_per_album=6)  # every album gains a song
+    after, excluded = split_segments(grown, SplitParams(kinds=("song", "album")))
+    assert not excluded
+    for kind in ("song", "album"):
+        old, new = sides(before, kind), sides(after, kind)
+        assert {t: new[t] for t in old} == old, kind  # no earlier song changed sides
+        for split in ("train", "val", "test"):  # and every artist is still on every side
+            assert {r["artist"] for r in after.filter(pc.equal(after.column("kind"), kind)).to_pylist()
+                    if r["split"] == split} == set(ARTISTS), (kind, split)  # fmt: skip
+    other_seed, _ = split_segments(grown, SplitParams(kinds=("song",), seed=1))
+    assert sides(other_seed, "song") != sides(after, "song")  # the seed still decides
+    small, excluded = split_segments(_segments(songs_per_album=3, albums=1), SplitParams(kinds=("song",)))
+    assert not excluded and all(  # three songs: one on each side
+        sorted(r["split"] for r in small.to_pylist() if r["artist"] == a and r["segment_id"].endswith("-0"))
+        == ["test", "train", "val"] for a in ARTISTS)  # fmt: skip

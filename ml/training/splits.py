@@ -10,17 +10,23 @@ Four kinds, as the reports use them:
   land on both sides, so its scores overstate what a new song would get; kept for comparison;
 * ``kfold``: k folds by song (each song in exactly one test fold), for cross-validation.
 
+A song's side depends only on its track id and the seed (a hash of both, in [0, 1), against the
+fractions), and an album's on its name, so the sides stay put as the library grows: an earlier
+test song stays a test song. An artist whose songs leave a side empty lends it the song nearest to
+it, so every artist with enough songs is on every side (that song may move when the artist gains one
+in that side's band).
+
 An artist with too few songs or albums for the chosen kind is left out with a reason (returned,
 and recorded in `rejected` by the asset), never crashed on.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -75,6 +81,25 @@ def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int
     return val, test
 
 
+def _unit(seed: int, key: str) -> float:
+    """A number in [0, 1) that depends only on ``key`` and the seed: where a song (or clip, or album)
+    falls, whatever else is in the library."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _banded(order: list[str], units: dict[str, float], val_fraction: float, test_fraction: float) -> list[str]:
+    """The side of each item of ``order`` (sorted by unit): test below ``test_fraction``, validation
+    below ``test_fraction + val_fraction``, training above, so an item keeps its side as others
+    arrive. An empty side borrows the item nearest to it, so each side keeps one, and training two."""
+    n = len(order)
+    test = sum(units[k] < test_fraction for k in order)
+    val = sum(test_fraction <= units[k] < test_fraction + val_fraction for k in order)
+    test = min(max(1, test), n - 2)
+    val = min(max(1, val), n - 1 - test)
+    return ["test"] * test + ["val"] * val + ["train"] * (n - test - val)
+
+
 def _by_artist(segments: pa.Table) -> dict[str, dict[str, Any]]:
     artists: dict[str, dict[str, Any]] = defaultdict(lambda: {"tracks": {}, "albums": defaultdict(list)})
     for track_id, artist, album in zip(*(segments.column(c).to_pylist() for c in ("track_id", "artist", "album")),
@@ -93,18 +118,17 @@ def split_segments(segments: pa.Table, settings: SplitParams) -> tuple[pa.Table,
     segment_split: dict[str, str] = {}
     excluded: list[Exclusion] = []
     for artist in sorted(artists, key=str):
-        tracks = sorted(artists[artist]["tracks"])  # sorted, then shuffled by a seed of its own
-        albums = {a: sorted(t) for a, t in artists[artist]["albums"].items()}
-        rng = np.random.default_rng([settings.seed, *artist.encode("utf-8")])
-        order = [tracks[i] for i in rng.permutation(len(tracks))]
+        units = {t: _unit(settings.seed, t) for t in artists[artist]["tracks"]}
+        tracks = sorted(units, key=lambda t: (units[t], t))  # in the order of their hash: stable as songs arrive
+        albums = {a: sorted(t, key=lambda t: (units[t], t)) for a, t in artists[artist]["albums"].items()}
+        order = tracks
         for kind in settings.kinds:
             if kind in ("song", "segment", "kfold") and len(tracks) < settings.min_songs:
                 excluded.append(Exclusion(artist, kind, f"{len(tracks)} song(s); the {kind} split needs "
                                                         f"{settings.min_songs}"))  # fmt: skip
                 continue
             if kind == "song":
-                val, test = _counts(len(order), settings.val_fraction, settings.test_fraction)
-                sides = ["test"] * test + ["val"] * val + ["train"] * (len(order) - test - val)
+                sides = _banded(order, units, settings.val_fraction, settings.test_fraction)
                 track_split.setdefault((kind, 0), {}).update(zip(order, sides, strict=True))
             elif kind == "kfold":
                 folds = min(settings.folds, len(order))
@@ -119,26 +143,24 @@ def split_segments(segments: pa.Table, settings: SplitParams) -> tuple[pa.Table,
                 if len(albums) < 2:
                     excluded.append(Exclusion(artist, kind, f"{len(albums)} album(s); the album split needs 2"))
                     continue
-                names = sorted(albums, key=str)
-                names = [names[i] for i in rng.permutation(len(names))]
+                album_units = {a: _unit(settings.seed, f"{artist}\0{a}") for a in albums}
+                names = sorted(albums, key=lambda a: (album_units[a], a))
                 mapping = {t: "test" for t in albums[names[0]]}
                 if len(names) >= 3:
                     mapping.update({t: "val" for t in albums[names[1]]})
                     mapping.update({t: "train" for n in names[2:] for t in albums[n]})
                 else:  # two albums: validation takes songs of the training album
                     rest = albums[names[1]]
-                    rest = [rest[i] for i in rng.permutation(len(rest))]
                     if len(rest) < 2:
                         excluded.append(Exclusion(artist, kind, "the training album has fewer than 2 songs"))
                         continue
-                    n_val = max(1, round(len(rest) * settings.val_fraction))
+                    n_val = min(max(1, sum(units[t] < settings.val_fraction for t in rest)), len(rest) - 1)
                     mapping.update({t: ("val" if i < n_val else "train") for i, t in enumerate(rest)})
                 track_split.setdefault((kind, 0), {}).update(mapping)
         if "segment" in settings.kinds and len(tracks) >= settings.min_songs:
             ids = [s for s, a in zip(segments.column("segment_id").to_pylist(), segments.column("artist").to_pylist(),
                                      strict=True) if a == artist]  # fmt: skip
-            ids = sorted(ids)
-            ids = [ids[i] for i in rng.permutation(len(ids))]
+            ids = sorted(ids, key=lambda i: (_unit(settings.seed, i), i))
             val, test = _counts(len(ids), settings.val_fraction, settings.test_fraction) if len(ids) >= 3 else (0, 0)
             segment_split.update(zip(ids, ["test"] * test + ["val"] * val + ["train"] * (len(ids) - test - val),
                                      strict=True))  # fmt: skip
