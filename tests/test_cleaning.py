@@ -120,3 +120,29 @@ def test_normalised_titles_and_over_genres():
 def test_kept_tracks_carry_their_over_genre():
     result = clean(table_from_rows([track("a", genre="Alternative")], TRACKS_SCHEMA), PARAMS)
     assert result.kept.column("over_genre").to_pylist() == ["Rock"]
+
+
+def test_unbracketed_reissue_suffixes_are_the_same_song():
+    rows = [
+        track("01 Song.flac", title="Song", format="flac"),
+        track("Song - 2011 Remaster.mp3", title="Song - 2011 Remaster", duration=60.5),
+        track("Song - Single Version.mp3", title="Song \u2013 Single Version", duration=59.4),
+        track("Song - Live.mp3", title="Song - Live", duration=60.2),  # another performance
+    ]
+    kept, rejected = verdicts(rows)
+    assert kept == {"01 Song.flac", "Song - Live.mp3"}
+    assert rejected == {"Song - 2011 Remaster.mp3": "duplicate_song", "Song - Single Version.mp3": "duplicate_song"}
+
+
+def test_artist_spellings_that_differ_in_normalisation_case_or_spacing_are_one_artist():
+    # the most common spelling (NFC), decomposed (NFD), upper case, a no-break space, a full-width letter
+    spellings = ["Beyonc\u00e9", "Beyonc\u00e9", "Beyonce\u0301", "BEYONC\u00c9", "Beyonc\u00e9\u00a0 ",
+                 "\uff22eyonc\u00e9"]
+    rows = [track(f"{i}.mp3", artist=a, title=f"Song {i}") for i, a in enumerate(spellings)]
+    rows += [track("x.mp3", artist="Beyonce", title="Other")]  # without the accent: not a spelling of the same name
+    result = clean(table_from_rows(rows, TRACKS_SCHEMA), PARAMS)
+    artists = dict(zip(result.kept.column("path").to_pylist(), result.kept.column("artist").to_pylist(), strict=True))
+    assert {artists[f"{i}.mp3"] for i in range(len(spellings))} == {"Beyonc\u00e9"} and artists["x.mp3"] == "Beyonce"
+    assert result.kept.column("artists").to_pylist()[0] == ["Beyonc\u00e9"]
+    twin = [track("a.mp3", artist="ADA VALE", title="Home"), track("b.mp3", artist="Ada Vale", title="Home")]
+    assert verdicts(twin)[1] == {"b.mp3": "duplicate_song"}  # one artist, one song

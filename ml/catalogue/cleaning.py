@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,11 @@ import pyarrow as pa
 from ml.tables import CLEAN_TRACKS_SCHEMA, REJECTED_SCHEMA, table_from_rows
 
 LOSSLESS_FORMATS = {"flac", "wav", "aiff"}
-# Bracketed suffixes that name a re-release of the same recording, not a new performance.
-_SAME_RECORDING = re.compile(r"[\(\[][^\)\]]*\b(remaster(ed)?|version|mono|stereo|deluxe|bonus)\b[^\)\]]*[\)\]]")
+# Suffixes that name a re-release of the same recording, not a new performance: bracketed
+# ("Song (2011 Remaster)") or after a dash ("Song - 2011 Remaster", "Song - Single Version").
+_REISSUE = r"\b(remaster(ed)?|version|mono|stereo|deluxe|bonus)\b"
+_DASH, _NOT_DASH = "[-\u2013\u2014]", "[^-\u2013\u2014]"  # hyphen, en and em dash
+_SAME_RECORDING = re.compile(rf"[\(\[][^\)\]]*{_REISSUE}[^\)\]]*[\)\]]|\s{_DASH}\s{_NOT_DASH}*{_REISSUE}{_NOT_DASH}*$")
 
 
 def fold(text: str | None) -> str:
@@ -33,6 +37,21 @@ def fold(text: str | None) -> str:
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = re.sub(r"[^\w\s]", " ", text)
     return re.sub(r"\s+", " ", text).strip()
+
+
+def artist_key(name: str) -> str:
+    """What two spellings of one artist share: Unicode-normalised (NFKC), case-folded, single-spaced."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", name).casefold()).strip()
+
+
+def canonical_artists(names: Iterable[str | None]) -> dict[str, str]:
+    """Spelling -> the one spelling of its artist, for names that differ only in Unicode
+    normalisation, case or spacing: the most common spelling wins (then the first in sort order)."""
+    spellings: dict[str, Counter] = defaultdict(Counter)
+    for name in names:
+        if name:
+            spellings[artist_key(name)][name] += 1
+    return {s: min(c, key=lambda x: (-c[x], x)) for c in spellings.values() for s in c}
 
 
 def normalise_title(title: str | None) -> str:
@@ -198,6 +217,9 @@ class CleaningResult:
 def clean(tracks: pa.Table, params: dict[str, Any]) -> CleaningResult:
     rules = CleaningRules.from_params(params)
     rows = tracks.to_pylist()
+    canonical = canonical_artists(t.get("artist") for t in rows)  # one name per artist, for the labels
+    rows = [{**t, "artist": canonical[t["artist"]], "artists": [canonical.get(a, a) for a in t.get("artists") or []]}
+            if t.get("artist") else t for t in rows]  # fmt: skip
     rejected: list[dict[str, Any]] = []
     survivors = []
     for t in rows:
