@@ -51,5 +51,5 @@ def test_official_and_torch_backends_agree(small_library, project_dirs, tmp_path
 
     official, port = results["spleeter"], results["torch"]
     assert official["vocals"].shape == port["vocals"].shape == (32 * 44100, 2)
-    assert _snr_db(official["vocals"], port["vocals"]) >= 20
-    assert _snr_db(official["accompaniment"], port["accompaniment"]) >= 20
+    assert _snr_db(official["vocals"], port["vocals"]) >= 60  # about 80 dB: float32 math, 16-bit stems
+    assert _snr_db(official["accompaniment"], port["accompaniment"]) >= 60

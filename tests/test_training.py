@@ -139,8 +139,11 @@ def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_vers
     assert len(client.search_model_versions("name='reconet-vocalist'")) == 1
 
     report = evaluate_and_log(params, paths, "song", splits, segments, features, uri)
-    assert report.metrics["segment"]["count"] > 0 and 0 <= report.metrics["song_majority"]["accuracy"] <= 1
-    assert len(report.metrics["top_k_song"]) == 3 and report.metrics["top_k_song"][-1] == 1.0
+    test_side = splits.filter(pc.equal(splits.column("split"), "test"))  # the song kind only
+    assert report.metrics["segment"]["count"] == test_side.num_rows  # every test clip, no other clip
+    assert report.metrics["song_majority"]["count"] == len(set(test_side.column("track_id").to_pylist()))
+    curve = report.metrics["top_k_song"]  # top-1 of the songs' mean probabilities is their accuracy
+    assert len(curve) == 3 and curve[0] == pytest.approx(report.metrics["song_mean_probability"]["accuracy"])
     run = client.get_run(out["run_id"])
     assert "test_song_mean_probability_macro_f1" in run.data.metrics
     for name in ("confusion.png", "top_k.png", "per_artist.csv", "metrics.json"):
@@ -226,19 +229,28 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, monk
 
 def test_training_on_augmented_raw_clips(tmp_path, monkeypatch):
     """train.augment: raw clips (with their accompaniment, for remix) through the augmentation chain
-    and log-mels on the device; validation on clean clips."""
+    and log-mels on the device; validation on clean clips. Noise 30 dB over every training clip
+    leaves nothing to learn, so training stays at chance where, without augmentation, it learns."""
     from ml.training.model_run import train_and_log
 
     monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
     params, segments, features = _tiny_project(tmp_path)
-    params["train"].update(augment=True, epochs=2)
-    params["augment"] = {name: {"p": 1.0} for name in ("remix", "time_shift", "gaussian_noise", "cutout")}
+    params["train"].update(augment=True, epochs=3)
+    params["augment"] = {name: {"p": 1.0} for name in ("remix", "time_shift", "cutout")}
+    params["augment"]["gaussian_noise"] = {"p": 1.0, "snr_db": [-30.0, -30.0]}
     splits, _ = split_segments(segments, SplitParams(kinds=("song",)))
-    out = train_and_log(params, config.paths(params), "song", splits, segments, features,
-                        f"sqlite:///{tmp_path / 'mlflow.db'}", "t", register=False)  # fmt: skip
-    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out["run_id"])
-    assert out["epochs_run"] == 2 and run.data.params["train.augment"] == "True"
-    assert run.data.params["augment.remix.p"] == "1.0"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    accuracy = {}
+    for augment in (True, False):
+        params["train"]["augment"] = augment
+        out = train_and_log(params, config.paths(params), "song", splits, segments, features, uri, "t", register=False)
+        accuracy[augment] = [m.value for m in client.get_metric_history(out["run_id"], "train_accuracy")]
+        if augment:
+            run = client.get_run(out["run_id"])
+            assert out["epochs_run"] == 3 and run.data.params["train.augment"] == "True"
+            assert run.data.params["augment.remix.p"] == "1.0"
+    assert max(accuracy[True]) < 0.5 < 0.7 < max(accuracy[False])  # chance is 1/3
 
 
 def test_a_split_kind_without_two_eligible_artists_is_skipped_with_its_reason(project_dirs):
@@ -296,3 +308,38 @@ def test_a_songs_side_stays_put_as_the_library_grows():
     assert not excluded and all(  # three songs: one on each side
         sorted(r["split"] for r in small.to_pylist() if r["artist"] == a and r["segment_id"].endswith("-0"))
         == ["test", "train", "val"] for a in ARTISTS)  # fmt: skip
+
+
+def test_evaluation_metrics_match_values_worked_out_by_hand(tmp_path):
+    """Four songs of three artists (A and B sing Pop, C Rock), eleven clips; every expected value
+    below was worked out by hand from these probabilities."""
+    from ml.training.evaluation import Predictions, evaluate
+
+    clips = [  # (song, true artist, probabilities of A, B, C): the clip's guess is its largest
+        ("a1", 0, [0.60, 0.30, 0.10]), ("a1", 0, [0.20, 0.70, 0.10]), ("a1", 0, [0.50, 0.10, 0.40]),
+        ("a2", 0, [0.40, 0.50, 0.10]), ("a2", 0, [0.90, 0.05, 0.05]),  # a 1-1 vote: the mean breaks the tie
+        ("b1", 1, [0.25, 0.05, 0.70]), ("b1", 1, [0.30, 0.40, 0.30]), ("b1", 1, [0.10, 0.30, 0.60]),
+        ("c1", 2, [0.05, 0.50, 0.45]), ("c1", 2, [0.05, 0.55, 0.40]), ("c1", 2, [0.00, 0.10, 0.90]),
+    ]  # fmt: skip
+    pred = Predictions(probabilities=np.array([p for _, _, p in clips]), embeddings=np.eye(11)[:, :4],
+                       labels=np.array([t for _, t, _ in clips]), track_ids=[s for s, _, _ in clips],
+                       genres=["Pop"] * 8 + ["Rock"] * 3, classes=["A", "B", "C"])  # fmt: skip
+    m = evaluate(pred, tmp_path, "hand").metrics
+    approx = pytest.approx
+    # clips guess A B A B A C B C B B C: 5 of 11 right; the true artist is 2nd for 5 clips, 3rd for one
+    assert m["segment"]["accuracy"] == approx(5 / 11) and m["segment"]["count"] == 11
+    assert m["top_k_segment"] == approx([5 / 11, 10 / 11, 1.0])
+    # majority votes: a1 A, a2 A (tie, mean A), b1 C, c1 B -> 2 of 4; mean probabilities: A, A, C, C -> 3 of 4
+    assert m["song_majority"]["accuracy"] == approx(0.5) and m["song_majority"]["count"] == 4
+    assert m["song_mean_probability"]["accuracy"] == approx(0.75)
+    assert m["top_k_song"] == approx([0.75, 1.0, 1.0])  # b1's mean puts B second
+    # one-vs-all: A tp 3 of 3 guesses, 5 true; B tp 1 of 5 guesses, 3 true; C tp 1 of 3 guesses, 3 true
+    expected = {"A": (5, 9 / 11, 1.0, 0.6, 0.75), "B": (3, 5 / 11, 0.2, 1 / 3, 0.25),
+                "C": (3, 7 / 11, 1 / 3, 1 / 3, 1 / 3)}  # fmt: skip
+    got = {r["artist"]: (r["support"], r["accuracy"], r["precision"], r["recall"], r["f1"]) for r in m["one_vs_all"]}
+    assert got == {k: approx(v) for k, v in expected.items()}
+    assert m["segment"]["macro_f1"] == approx((0.75 + 0.25 + 1 / 3) / 3)
+    # errors: Pop clips 2, 4, 6, 8 of 8; Rock 2 of 3; of the 6 errors, A->B twice stay within Pop
+    assert m["error_rate_by_genre"] == approx({"Pop": 0.5, "Rock": 2 / 3}) and m["errors"] == 6
+    assert m["errors_within_genre_share"] == approx(1 / 3)
+    assert m["confusion"] == [[3, 2, 0], [0, 1, 2], [0, 2, 1]]
