@@ -182,7 +182,7 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
     train_rows = split_rows_of(splits, table, kind, "train")
     classes = sorted(set(train_rows.column("artist").to_pylist()), key=str)
     val_rows = split_rows_of(splits, table, kind, "val")
-    val_rows = val_rows.filter(pc.is_in(val_rows.column("artist"), pa.array(classes)))
+    val_rows = val_rows.filter(pc.is_in(val_rows.column("artist"), pa.array(classes, pa.string())))
     if len(classes) < 2 or val_rows.num_rows == 0:
         raise ValueError(f"the {kind} split needs at least 2 artists and a validation set "
                          f"(has {len(classes)} artists, {val_rows.num_rows} validation clips)")  # fmt: skip
