@@ -312,16 +312,10 @@ def identify(files: list[Path], model: str | None, top_k: int, as_json: bool) ->
 
     from ml.identification.bundle import load_bundle
     from ml.identification.identify import result_text
-    from ml.training.tracking import CHAMPION, REGISTERED_MODEL, tracking_uri
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     quiet = logging.getLogger("reconet.identify")  # a file's failure is in its result, not logged twice
     quiet.setLevel(logging.ERROR)
-    uri = model or f"models:/{REGISTERED_MODEL}@{CHAMPION}"
-    try:
-        bundle = load_bundle(uri, tracking_uri(config.project_root()))
-    except ValueError as exc:
-        raise FileNotFoundError(str(exc)) from None
+    bundle = _with_model(model, load_bundle)
     results = []
     with _progress() as progress:
         for path in files:
@@ -337,6 +331,26 @@ def identify(files: list[Path], model: str | None, top_k: int, as_json: bool) ->
     if as_json:
         print(json.dumps(results, indent=1))
     return 1 if any(r["status"] == "error" for r in results) else 0
+
+
+def serve(model: str | None, host: str | None, port: int | None) -> int:
+    """The identification service (ml/identification/service.py) until interrupted."""
+    from ml.identification.service import serve as serve_model
+
+    _with_model(model, lambda uri, tracking: serve_model(uri, tracking, config.load_params(), host, port))
+    return 0
+
+
+def _with_model(model: str | None, use):
+    """``use(model URI, tracking URI)``, the URI defaulting to the registry's champion; a model that
+    is missing or not an audio bundle raises FileNotFoundError (exit code 2)."""
+    from ml.training.tracking import CHAMPION, REGISTERED_MODEL, tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return use(model or f"models:/{REGISTERED_MODEL}@{CHAMPION}", tracking_uri(config.project_root()))
+    except ValueError as exc:
+        raise FileNotFoundError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "registry's reconet-vocalist@champion)")  # fmt: skip
     identify_parser.add_argument("--top-k", type=int, default=5, help="singers to list (default 5)")
     identify_parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    serve_parser = sub.add_parser("serve", help="identification over HTTP with a web page (127.0.0.1 by default)")
+    serve_parser.add_argument("--model", help="a model URI or folder (default: reconet-vocalist@champion)")
+    serve_parser.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1)")
+    serve_parser.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
     ui_parser = sub.add_parser("ui", help="open the Dagster UI on 127.0.0.1")
     ui_parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
@@ -381,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.top_k < 1:
                 parser.error("--top-k must be at least 1")
             return identify(args.files, args.model, args.top_k, args.json)
+        if args.command == "serve":
+            return serve(args.model, args.host, args.port)
         return ui(args.port)
     except (FileNotFoundError, FileExistsError, RuntimeError) as exc:
         console.print(f"[red]reconet: {exc}[/red]")

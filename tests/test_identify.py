@@ -1,7 +1,8 @@
 """`reconet identify` and the registered pyfunc bundle, end to end on real components: a
 voice_embedding model trained on synthetic voices and registered in a SQLite MLflow store, demo
 songs rendered, encoded, separated by the torch Spleeter backend and cut into clips, a singer
-enrolled from one demo song and named in another; `mlflow models serve` answering over HTTP."""
+enrolled from one demo song and named in another; `mlflow models serve` and `reconet serve`
+answering over HTTP, the latter's page driven in headless Chromium."""
 
 import base64
 import json
@@ -161,3 +162,122 @@ def test_champion_serves_through_mlflow_models_serve(project_env):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body: field -> (file name, content)."""
+    boundary = "reconet-test-boundary"
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+                    f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n"
+                    for field, (name, content) in fields.items())  # fmt: skip
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    request = urllib.request.Request(url, body, {"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as reply:
+        return reply.code, json.loads(reply.read())
+
+
+@pytest.fixture(scope="module")
+def service(project, tmp_path_factory):
+    """`reconet serve` for real (uvicorn on 127.0.0.1) with the champion, an upload limit a little
+    over the demo song's size, and its own temporary folder (to see that uploads are removed)."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("serve")
+    limit_mb = project["files"]["same_singer"].stat().st_size / 2**20 + 0.5
+    params = config.load_params()
+    params["serve"] = {**params.get("serve", {}), "max_upload_mb": round(limit_mb, 2)}
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (root / "tmp").mkdir()
+    port = _free_port()
+    env = {**os.environ, **project["env"], "RECONET_PARAMS": str(root / "params.yaml"), "TMPDIR": str(root / "tmp")}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("reconet")), "serve", "--port", str(port)], env=env,
+                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+                    health = json.loads(reply.read())
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                pytest.fail(f"reconet serve did not start: {server.stdout.read().decode()[-3000:]}")
+            time.sleep(2)
+        yield {"url": url, "health": health, "limit_mb": limit_mb, "tmp": root / "tmp"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_service_answers_uploads_and_refuses_bad_ones_with_a_4xx_and_the_reason(project, service):
+    url, files = service["url"], project["files"]
+    assert service["health"]["status"] == "ok" and "Demo Singer" in service["health"]["singers"]
+    upload = _multipart({"file": ("../../etc/passwd", files["same_singer"].read_bytes())})
+    code, song = _post(f"{url}/identify", *upload)
+    assert code == 200 and song["singer"] == "Demo Singer" and song["timeline"]
+    assert song["file"] == "passwd"  # the client's name is only shown, its folders dropped
+    code, text = _post(f"{url}/identify", *_multipart({"file": ("notes.txt", files["text"].read_bytes())}))
+    assert code == 422 and text["error"].startswith("notes.txt: ") and "reconet-upload" not in text["error"]
+    code, empty = _post(f"{url}/identify", *_multipart({"file": ("empty.flac", b"")}))
+    assert code == 422 and "empty.flac" in empty["error"]
+    code, big = _post(f"{url}/identify", *_multipart({"file": ("big.wav", os.urandom(int((service["limit_mb"] + 1)
+                                                                                        * 2**20)))}))  # fmt: skip
+    assert code == 413 and "limit" in big["error"]
+    code, none = _post(f"{url}/identify", *_multipart({"other": ("x.mp3", b"abc")}))
+    assert code == 400 and "file" in none["error"]
+    code, garbled = _post(f"{url}/identify", b"not multipart at all", "multipart/form-data; boundary=zzz")
+    assert code == 400
+    code, instrumental = _post(f"{url}/identify", *_multipart({"file": ("n.mp3", files["instrumental"].read_bytes())}))
+    assert code == 200 and instrumental["status"] == "no_vocals"
+    assert not [p.name for p in service["tmp"].iterdir() if p.name.startswith("reconet-")]  # uploads removed
+
+
+PAGE_SCRIPT = """
+const [playwright, chromium, url, song, shot] = process.argv.slice(2);
+const { chromium: browser } = require(playwright);
+(async () => {
+  const b = await browser.launch({ executablePath: chromium, args: ["--no-sandbox", "--disable-gpu"] });
+  const page = await b.newPage({ viewport: { width: 1000, height: 800 } });
+  await page.goto(url);
+  await page.setInputFiles("#file", song);
+  await page.click("#submit");
+  await page.waitForFunction(() => document.getElementById("answer").textContent.length > 0, null,
+                             { timeout: 300000 });
+  const out = { answer: await page.textContent("#answer"), clips: await page.locator("rect.clip").count(),
+                topk: await page.locator("#topk li").count(), error: await page.textContent("#error") };
+  await page.screenshot({ path: shot, fullPage: true });
+  await b.close();
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+def test_the_page_uploads_a_song_in_headless_chromium_and_shows_the_singer_and_a_timeline(project, service,
+                                                                                        tmp_path):  # fmt: skip
+    import importlib.util
+
+    from ml.config import project_root
+
+    spec = importlib.util.spec_from_file_location("screenshot_ui", project_root() / "scripts" / "screenshot_ui.py")
+    browser = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(browser)
+    chromium, playwright = browser.ensure_chromium(), browser.ensure_playwright()  # Debian's chromium, npm's library
+    script = tmp_path / "page.js"
+    script.write_text(PAGE_SCRIPT)
+    song = project["files"]["same_singer"]
+    proc = subprocess.run(["node", str(script), str(playwright), chromium, service["url"], str(song),
+                           str(tmp_path / "page.png")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, result = _post(f"{service['url']}/identify", *_multipart({"file": (song.name, song.read_bytes())}))
+    assert shown["answer"] == "Demo Singer" == result["singer"] and not shown["error"]
+    assert shown["clips"] == len(result["timeline"]) >= 2 and shown["topk"] == len(result["top_k"])
+    assert (tmp_path / "page.png").stat().st_size > 10_000
