@@ -67,7 +67,7 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("model_name", ["voice_embedding", "voice_embedding:ecapa", "classical", "voice_fusion"])
+@pytest.mark.parametrize("model_name", ["voice_embedding", "voice_embedding:ge2e", "classical", "voice_fusion"])
 def test_embedding_model_trains_registers_and_names_held_out_songs(env, model_name):
     from mlflow.tracking import MlflowClient
 
