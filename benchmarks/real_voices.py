@@ -68,6 +68,37 @@ def music_files(work: Path) -> list[Path]:
     return sorted(p for p in (cache / "asc-music").rglob("*") if p.suffix in (".mp3", ".ogg"))
 
 
+def check_music(work: Path) -> list[dict]:
+    """Whether the music holds vocals: each file through the pipeline's separation and its
+    instrumental rule (the share of 100 ms frames where the vocal stem is audible against the mix),
+    and the longest run of such frames (a sung phrase lasts seconds; what leaks from a lead
+    instrument flickers)."""
+    import torch
+
+    from ml import config
+    from ml.separation.separation import SeparationInput, SeparationParams, separate_with_torch, vocal_active_fraction
+    from ml.separation.stems import StemCache
+
+    settings = SeparationParams.from_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    files = music_files(work)
+    cache = StemCache(work / "music-stems", "torch", "0" * 64)
+    todo = [SeparationInput(f.stem, f) for f in files if cache.get(f.stem) is None]
+    separate_with_torch(todo, cache, config.paths().spleeter_weights, torch.device("cpu"), settings)
+    out = []
+    for f in files:
+        entry = cache.get(f.stem)
+        vocal_db, mix_db = entry.activity()
+        floor = max(entry.meta["mix_dbfs"] + settings.vocal_frame_floor_db, settings.vocal_frame_floor_dbfs)
+        active = np.r_[0, ((vocal_db - mix_db > settings.vocal_frame_db) & (vocal_db > floor)).astype(int), 0]
+        edges = np.diff(active)
+        runs = (np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)) * 0.1
+        out.append({"file": f.name, "vocal_active": round(vocal_active_fraction(entry, settings), 4),
+                    "longest_run_s": round(float(runs.max()) if len(runs) else 0.0, 1),
+                    "median_vocal_vs_mix_db": round(float(np.median(vocal_db - mix_db)), 1)})  # fmt: skip
+        print(f"  music {out[-1]}", flush=True)
+    return out
+
+
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
 
@@ -283,6 +314,7 @@ def main() -> None:
     parser.add_argument("--skip-build", action="store_true", help="reuse the libraries already in --work")
     parser.add_argument("--skip-singers", action="store_true")
     parser.add_argument("--singers-only", action="store_true")
+    parser.add_argument("--check-music", action="store_true", help="only: does the music hold vocals?")
     parser.add_argument("--singer-extractors", nargs="+", default=SINGER_EXTRACTORS, choices=SINGER_EXTRACTORS)
     parser.add_argument("--append", action="store_true",
                         help="keep the saved rows of the other models and levels in the report")
@@ -297,6 +329,9 @@ def main() -> None:
     rerun = {(m, lv) for m in args.models for lv in args.levels}
     rows: list[dict] = [r for r in json.loads(saved.read_text())["pipeline"] if (r["model"], r["level"]) not in rerun] \
         if args.append and saved.exists() else []  # fmt: skip
+    if args.check_music:
+        (RESULTS / "real_voices_music.json").write_text(json.dumps(check_music(work), indent=1))
+        return
     if args.singers_only:  # beside a pipeline run: its own file, which the pipeline's report picks up
         singer_rows = singers(work, args.singer_extractors)
         saved_singers = RESULTS / "real_voices_singers.json"  # rows of the other extractors stay
