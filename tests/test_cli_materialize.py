@@ -112,7 +112,8 @@ def test_materialize_runs_one_stage_for_every_release_and_fails_clearly(tmp_path
     assert proc.returncode == 1
     message = " ".join(proc.stderr.split())
     assert "segments_job [segments] failed for" in message
-    assert "has not been materialised yet" in message and "reconet materialize segments: failed" in message
+    assert "has not been materialised yet" in message  # the reason, per release, and both releases listed
+    assert "2 release(s) failed and were left out" in message and "Ada Vale/First, Bo Lind/Second" in message
 
 
 def test_the_run_summary_names_the_mlflow_store_the_run_wrote_to(project_dirs, monkeypatch, capsys, tmp_path):
