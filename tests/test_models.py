@@ -148,12 +148,24 @@ def test_weights_round_trip_through_safetensors_into_a_fresh_model(tmp_path, nam
         assert torch.allclose(logits(model, log_mel, audio), logits(fresh, log_mel, audio), atol=1e-5)
 
 
+# every model of train.model, as the small demo library trains it: (name, train overrides, its models section)
+DEMO_MODELS = [
+    ("speaker_net", {"epochs": 20, "batch_size": 8, "augment": True}, {}),  # remix and the rest of the chain
+    ("crnn", {"epochs": 20, "batch_size": 8}, {}),
+    ("reconet", {"epochs": 20, "batch_size": 8}, {}),
+    ("voice_embedding", {}, {}),  # the default: ECAPA-TDNN
+    ("voice_embedding", {}, {"encoder": "ge2e"}),
+    ("voice_fusion", {}, {}),
+    ("classical", {}, {}),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # separating the demo's songs on two shared CPU cores takes minutes
-def test_speaker_net_trained_on_the_small_demo_library_names_the_held_out_songs(small_library, project_dirs):
-    """The demo library through the pipeline up to its splits, then speaker_net trained on the song
-    split (raw clips through the params.yaml augmentation chain, remix included) and evaluated on
-    its held-out songs."""
+@pytest.mark.timeout(3600)  # separating the demo's songs and training seven models on two shared cores
+def test_every_model_trained_on_the_small_demo_library_names_the_held_out_songs(small_library, project_dirs):
+    """The demo library through the pipeline up to its splits, then each model trained on the song
+    split and evaluated on its held-out songs: each must name them well above chance (a broken
+    model sits at 1 / the number of singers)."""
     import os
     import subprocess
     import sys
@@ -169,20 +181,25 @@ def test_speaker_net_trained_on_the_small_demo_library_names_the_held_out_songs(
         proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "materialize", stage, "--library", str(library)],
                               cwd=config.project_root(), capture_output=True, text=True, timeout=1800)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
-    params = config.load_params()  # the project's params.yaml (speaker_net's defaults)
-    params["train"].update(model="speaker_net", epochs=20, batch_size=8, augment=True)
-    paths = config.paths(params, library)
-    tables = paths.data / "tables"
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    tables = config.paths(config.load_params(), library).data / "tables"
     releases = lambda asset: pa.concat_tables(read_table(p) for p in sorted((tables / asset).glob("*.parquet")))  # noqa: E731
     segments, features, splits = releases("segments"), releases("features"), read_table(tables / "splits.parquet")
-    uri = os.environ["MLFLOW_TRACKING_URI"]
-    out = train_and_log(params, paths, "song", splits, segments, features, uri, "reconet-test", register=False)
-    assert out["model"] == "speaker_net" and out["epochs_run"] >= 5
-    report = evaluate_and_log(params, paths, "song", splits, segments, features, uri)
-    m = report.metrics
-    chance = 1 / len(out["classes"])
-    print(f"speaker_net on the small demo: {out['seconds']:.0f} s, {out['epochs_run']} epochs, segment accuracy "
-          f"{m['segment']['accuracy']:.3f}, song accuracy {m['song_mean_probability']['accuracy']:.3f} "
-          f"({m['song_mean_probability']['count']} songs, chance {chance:.3f})")  # fmt: skip
-    assert m["song_mean_probability"]["count"] >= len(out["classes"])  # every artist has a held-out song
-    assert m["segment"]["accuracy"] >= 2 * chance and m["song_mean_probability"]["accuracy"] >= 2 * chance
+    for name, train, options in DEMO_MODELS:
+        params = config.load_params()  # the project's params.yaml: each model's defaults
+        params["train"].update(model=name, **train)
+        params["models"][name] = {**params["models"].get(name, {}), **options}
+        paths = config.paths(params, library)
+        out = train_and_log(params, paths, "song", splits, segments, features, uri, "reconet-test", register=False)
+        assert out["model"] == name
+        if "epochs" in train:
+            assert out["epochs_run"] >= 5
+        report = evaluate_and_log(params, paths, "song", splits, segments, features, uri)
+        m = report.metrics
+        chance = 1 / len(out["classes"])
+        print(f"{name} {options or ''} on the small demo: {out.get('seconds', 0):.0f} s, segment accuracy "
+              f"{m['segment']['accuracy']:.3f}, song accuracy {m['song_mean_probability']['accuracy']:.3f} "
+              f"({m['song_mean_probability']['count']} songs, chance {chance:.3f})")  # fmt: skip
+        assert m["song_mean_probability"]["count"] >= len(out["classes"])  # every artist has a held-out song
+        assert m["segment"]["accuracy"] >= 2 * chance, (name, options)
+        assert m["song_mean_probability"]["accuracy"] >= 2 * chance, (name, options)

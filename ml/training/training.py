@@ -141,8 +141,11 @@ class SingleProcess:
 
     def loader(self, dataset: SegmentDataset, batch_size: int, shuffle: bool = False, balanced: bool = False,
                seed: int = 0):  # fmt: skip
-        """This process's batches of ``dataset``: the whole epoch on one process."""
-        return make_loader(dataset, batch_size, shuffle=shuffle, balanced=balanced, seed=seed)
+        """This process's batches of ``dataset``: the whole epoch on one process. A training epoch
+        (shuffled or balanced) drops a last batch of a single clip: batch norm cannot train on one
+        (speechbrain's ECAPA raises), and the clip left out changes from epoch to epoch."""
+        lone_last = (shuffle or balanced) and len(dataset) % batch_size == 1 and len(dataset) > 1
+        return make_loader(dataset, batch_size, shuffle=shuffle, balanced=balanced, seed=seed, drop_last=lone_last)
 
     def sum(self, *values: float) -> list[float]:
         """``values`` summed over every process (loss sums, counts)."""
