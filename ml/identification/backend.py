@@ -150,6 +150,22 @@ def block_weights(embedder: ClipEmbedder, settings: BackendParams) -> np.ndarray
     return np.concatenate(weights)
 
 
+def probabilities(pipeline, x: np.ndarray) -> np.ndarray:
+    """Each clip's probability per class, in ``pipeline.classes_`` order. An SVM's come from a
+    softmax of its one-vs-rest decision values, so their arg-max is the SVM's own decision; Platt
+    scaling (``SVC(probability=True)``) fits on an internal cross-validation that a small library
+    cannot feed: on the small demo library it ranked the singers against the SVM (its decisions 3 of
+    3 right, the arg-max of its probabilities 1 of 3)."""
+    from sklearn.svm import SVC
+
+    if not isinstance(pipeline[-1], SVC):
+        return pipeline.predict_proba(x)
+    scores = pipeline.decision_function(x)
+    scores = np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores  # two classes: one column
+    scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
 def fit_backend(settings: BackendParams, weights: np.ndarray, embeddings: np.ndarray, labels: list[str],
                 seed: int = 0):
     """The fitted scikit-learn pipeline: standardise, weight the blocks, classify with probabilities.
@@ -161,7 +177,7 @@ def fit_backend(settings: BackendParams, weights: np.ndarray, embeddings: np.nda
     from sklearn.svm import SVC
 
     if settings.backend == "svm":
-        classifier = SVC(C=settings.C, kernel="rbf", gamma="scale", probability=True, random_state=seed)
+        classifier = SVC(C=settings.C, kernel="rbf", gamma="scale", random_state=seed)
     else:
         classifier = LogisticRegression(C=settings.C, max_iter=5000)
     scaler = StandardScaler().fit(embeddings)

@@ -175,10 +175,10 @@ class Identifier:
         vectors in the references' space, or None without references)."""
         audio = torch.from_numpy(np.ascontiguousarray(clips, np.float32))
         if self.embedding_model:
-            from ml.identification.backend import transform
+            from ml.identification.backend import probabilities, transform
 
             x = self.embedder.embed(audio, batch_size)
-            return self.backend.predict_proba(x)[:, self.order], transform(self.backend, x)
+            return probabilities(self.backend, x)[:, self.order], transform(self.backend, x)
         from ml.models import logits, needs_audio
 
         out = []

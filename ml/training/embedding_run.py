@@ -27,6 +27,7 @@ from ml.identification.backend import (
     clip_embeddings,
     fit_backend,
     load_backend,
+    probabilities,
     save_backend,
     transform,
 )
@@ -81,7 +82,7 @@ def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model
     if len(y_val):  # the same figure a network's run logs: cross-entropy of the validation clips
         from sklearn.metrics import log_loss
 
-        val_loss = float(log_loss(y_val, pipeline.predict_proba(x_val), labels=list(pipeline.classes_)))
+        val_loss = float(log_loss(y_val, probabilities(pipeline, x_val), labels=list(pipeline.classes_)))
     identity = open_set.Normaliser.unit_only()  # the back-end's space is standardised already
     t_train, t_val = transform(pipeline, x_train), transform(pipeline, x_val)
     settings_open = open_set.OpenSetParams.from_params(params)
@@ -122,4 +123,4 @@ def predict_rows(info: dict[str, Any], run_dir: Path, rows: pa.Table, data_dir: 
     order = [list(pipeline.classes_).index(c) for c in info["classes"]]
     if not len(x):
         return np.zeros((0, len(order))), np.zeros((0, 1))
-    return pipeline.predict_proba(x)[:, order], transform(pipeline, x)
+    return probabilities(pipeline, x)[:, order], transform(pipeline, x)
