@@ -76,7 +76,13 @@ def check_music(work: Path) -> list[dict]:
     import torch
 
     from ml import config
-    from ml.separation.separation import SeparationInput, SeparationParams, separate_with_torch, vocal_active_fraction
+    from ml.separation.separation import (
+        SeparationInput,
+        SeparationParams,
+        separate_with_torch,
+        vocal_active_fraction,
+        vocal_active_frames,
+    )
     from ml.separation.stems import StemCache
 
     settings = SeparationParams.from_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
@@ -88,9 +94,7 @@ def check_music(work: Path) -> list[dict]:
     for f in files:
         entry = cache.get(f.stem)
         vocal_db, mix_db = entry.activity()
-        floor = max(entry.meta["mix_dbfs"] + settings.vocal_frame_floor_db, settings.vocal_frame_floor_dbfs)
-        active = np.r_[0, ((vocal_db - mix_db > settings.vocal_frame_db) & (vocal_db > floor)).astype(int), 0]
-        edges = np.diff(active)
+        edges = np.diff(np.r_[0, vocal_active_frames(entry, settings).astype(int), 0])
         runs = (np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)) * 0.1
         out.append({"file": f.name, "vocal_active": round(vocal_active_fraction(entry, settings), 4),
                     "longest_run_s": round(float(runs.max()) if len(runs) else 0.0, 1),

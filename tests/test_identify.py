@@ -138,17 +138,7 @@ def test_champion_serves_through_mlflow_models_serve(project_env):
                               start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                pytest.fail(f"mlflow models serve did not start: {server.stdout.read().decode()[-3000:]}")
-            time.sleep(2)
+        _wait_for_server(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve")
         files = project_env["files"]
         data = [[base64.b64encode(files[k].read_bytes()).decode(), files[k].name] for k in ("same_singer", "text")]
         body = {"dataframe_split": {"columns": ["audio", "name"], "data": data}, "params": {"top_k": 2}}
@@ -171,6 +161,21 @@ def _multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n"
                     for field, (name, content) in fields.items())  # fmt: skip
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _wait_for_server(url: str, server: subprocess.Popen, name: str, timeout_s: float = 240) -> bytes:
+    """The body of ``url``'s first 200 answer, polled every 2 s while ``server`` starts."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return reply.read()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            pytest.fail(f"{name} did not start: {server.stdout.read().decode()[-3000:]}")
+        time.sleep(2)
 
 
 def _post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
@@ -215,17 +220,7 @@ def service(project, tmp_path_factory):
                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-                    health = json.loads(reply.read())
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                pytest.fail(f"reconet serve did not start: {server.stdout.read().decode()[-3000:]}")
-            time.sleep(2)
+        health = json.loads(_wait_for_server(f"{url}/health", server, "reconet serve"))
         yield {"url": url, "health": health, "limit_mb": limit_mb, "tmp": root / "tmp"}
     finally:
         os.killpg(server.pid, signal.SIGTERM)

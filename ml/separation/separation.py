@@ -347,11 +347,16 @@ def vocal_active_fraction(entry: StemEntry, settings: SeparationParams) -> float
     passages, while what the separation leaks from instruments stays out: on MIR-1K mixes, vocals
     10 dB under the music are audible in 15-90 % of the frames, 7 of the 10 accompaniments alone
     in none (the other 3 carry voice-like leads, vocals to any rule), the demo's instrumental in none."""
+    active = vocal_active_frames(entry, settings)
+    return float(np.mean(active)) if len(active) else 0.0
+
+
+def vocal_active_frames(entry: StemEntry, settings: SeparationParams) -> np.ndarray:
+    """Per 100 ms frame, whether the vocal stem is audible against the mix (see
+    :func:`vocal_active_fraction`)."""
     vocal_db, mix_db = entry.activity()
-    if not len(vocal_db):
-        return 0.0
     floor = max(entry.meta["mix_dbfs"] + settings.vocal_frame_floor_db, settings.vocal_frame_floor_dbfs)
-    return float(np.mean((vocal_db - mix_db > settings.vocal_frame_db) & (vocal_db > floor)))
+    return (vocal_db - mix_db > settings.vocal_frame_db) & (vocal_db > floor)
 
 
 def assess(
