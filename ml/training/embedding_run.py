@@ -36,9 +36,17 @@ from ml.tables import atomic_path, write_text
 
 
 def embedder_for(info_or_settings: dict[str, Any], device) -> tuple[ClipEmbedder, BackendParams]:
+    """The model's clip embedder, built once per process for each model, options and device: an
+    evaluation embeds its training and its test clips, and ECAPA's weights take seconds to load."""
     name, options = info_or_settings["model"], info_or_settings.get("model_options", {})
     settings = BackendParams.from_options(name, options)
-    return ClipEmbedder(name, settings, device), settings
+    key = (name, json.dumps(options, sort_keys=True), str(device))
+    if key not in _EMBEDDERS:  # a frozen extractor, used for inference only: safe to share
+        _EMBEDDERS[key] = ClipEmbedder(name, settings, device)
+    return _EMBEDDERS[key], settings
+
+
+_EMBEDDERS: dict[tuple[str, str, str], ClipEmbedder] = {}
 
 
 def save_references(refs: dict[str, np.ndarray], path: Path) -> Path:
