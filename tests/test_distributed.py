@@ -11,10 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from ml import config
 from ml.clips.loader import SegmentDataset, make_loader
+from ml.identification.bundle import load_bundle
 from ml.models import build_model
 from ml.training.distributed import EpochShard, state_checksum
 from ml.training.splits import SplitParams, split_segments
@@ -24,7 +26,7 @@ from tests.test_training import _tiny_project
 def _torchrun(tmp_path, *args: str) -> str:
     """``torchrun --standalone --nproc_per_node 2 -m ml.training.distributed ARGS`` on the CPU; its output."""
     env = {**os.environ, "RECONET_PARAMS": str(tmp_path / "params.yaml"), "RECONET_DATA_DIR": str(tmp_path / "data"),
-           "RECONET_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "RECONET_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": _tracking_uri(tmp_path)}  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "ml.training.distributed", *args]  # fmt: skip
     run = subprocess.Popen(cmd, cwd=config.project_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -37,6 +39,10 @@ def _torchrun(tmp_path, *args: str) -> str:
         pytest.fail(f"torchrun did not finish in 120 s:\n{output[-4000:]}")
     assert run.returncode == 0, output[-4000:]
     return output
+
+
+def _tracking_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture
@@ -75,7 +81,9 @@ def test_two_processes_share_every_epoch_and_rank_0_writes_a_single_process_chec
     assert "rank 0 INFO rank 0/2 on cpu (gloo)" in output and "rank 1 INFO rank 1/2 on cpu (gloo)" in output
     epoch_lines = [line for line in output.splitlines() if "epoch 2/2: train loss" in line]
     assert len(epoch_lines) == 1 and "rank 0 INFO" in epoch_lines[0]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "distributed.json", "model.safetensors"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "bundle.json", "checkpoint.pt", "distributed.json", "mlflow_run_id", "model.json", "model.safetensors"
+    ]  # fmt: skip
 
     # the checkpoint is a single-process one: loads with weights_only into the plain model
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -87,6 +95,28 @@ def test_two_processes_share_every_epoch_and_rank_0_writes_a_single_process_chec
     best = state["best_weights"]
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
 
+    # rank 0 recorded the run as the `model` asset does: an MLflow run with every epoch's metrics,
+    # the weights, and a registered version of the bundle whose run is that run
+    client = MlflowClient(_tracking_uri(tmp_path))
+    run_id = (run_dir / "mlflow_run_id").read_text()
+    run = client.get_run(run_id)
+    assert run.data.params["world_size"] == "2" and run.data.params["split_kind"] == "song"
+    history = json.loads(state["history"])
+    for name in ("train_loss", "val_loss", "val_accuracy"):
+        logged = [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+        assert sorted(logged) == [(h["epoch"], pytest.approx(h[name])) for h in history], name
+    assert run.data.metrics["best_epoch"] == state["best_epoch"]
+    assert {a.path for a in client.list_artifacts(run_id, "weights")} >= {"weights/model.safetensors",
+                                                                         "weights/distributed.json"}  # fmt: skip
+    (version,) = client.search_model_versions("name='reconet-vocalist'")
+    assert version.run_id == run_id
+    info = json.loads((run_dir / "model.json").read_text())
+    assert info["version"] == str(version.version) and info["run_id"] == run_id
+    current = json.loads((tmp_path / "data" / "models" / "song" / "current.json").read_text())
+    assert current["run_id"] == run_id  # `evaluation` and `reconet identify` take this model
+    bundle = load_bundle(f"models:/reconet-vocalist/{version.version}", _tracking_uri(tmp_path))
+    assert bundle.identifier.classes == state["classes"]
+
     # the checkpoint as a run of 3 epochs killed after epoch 2 leaves it: every process resumes from it
     # (weights, and the optimiser's moments: had one process started afresh, the weights would part)
     torch.save({**state, "finished": False}, checkpoint)
@@ -95,6 +125,9 @@ def test_two_processes_share_every_epoch_and_rank_0_writes_a_single_process_chec
     assert summary["resumed_from_epoch"] == 2 and [e["epoch"] for e in summary["epochs"]] == [1, 2, 3]
     assert summary["epochs"][2]["checksums"][0] == summary["epochs"][2]["checksums"][1]
     assert len(json.loads(torch.load(checkpoint, weights_only=True)["history"])) == 3
+    # ...in the same MLflow run, which now has the third epoch; the registered versions are all of that run
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3]
+    assert {v.run_id for v in client.search_model_versions("name='reconet-vocalist'")} == {run_id}
 
 
 def test_reconet_on_augmented_clips_with_class_balanced_draws(tmp_path, project_tables):

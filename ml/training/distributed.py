@@ -12,7 +12,9 @@ path (:func:`ml.training.training.train`), with :class:`DistributedTraining` sha
 * losses and counts are summed over the processes, so the history, the learning-rate schedule and
   early stopping see the whole epoch and every process takes the same decisions;
 * only rank 0 writes the checkpoint (the plain model's weights: it loads into a single-process
-  model), ``model.safetensors`` and ``distributed.json``, and logs the epochs.
+  model), ``model.safetensors`` and ``distributed.json``, logs the epochs, and records the run in
+  MLflow as the `model` asset does (``ml/training/model_run.py``: params, metrics, weights, the
+  pyfunc bundle, a registered version for ``train.split_kind``).
 
 The device is chosen by ``ml/device.py`` (``compute.device`` / ``RECONET_DEVICE``); on CUDA each
 process takes GPU ``LOCAL_RANK`` and the processes talk over NCCL, on the CPU over gloo. The batch
@@ -31,6 +33,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import mlflow
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -44,8 +47,10 @@ from ml.clips.features import FeatureParams
 from ml.clips.loader import SegmentDataset
 from ml.device import device_from_params
 from ml.identification.backend import is_embedding_model
-from ml.tables import atomic_path, read_table, write_text
-from ml.training.model_run import augmenters_for, data_version, split_rows_of, with_features
+from ml.identification.identify import preprocessing
+from ml.tables import read_table, write_text
+from ml.training.model_run import _record, _start_logging, augmenters_for, data_version, split_rows_of, with_features
+from ml.training.tracking import REGISTERED_MODEL, mlflow_run, tracking_uri
 from ml.training.training import SingleProcess, TrainParams, dataset_sources, train
 
 log = logging.getLogger(__name__)
@@ -166,10 +171,14 @@ def read_project_tables(paths: config.Paths) -> tuple[pa.Table, pa.Table, pa.Tab
 
 
 def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel: DistributedTraining,
-                logger: logging.Logger | Any = None) -> dict[str, Any]:  # fmt: skip
+                logger: logging.Logger | Any = None, experiment: str = "reconet",
+                registered_model: str | None = REGISTERED_MODEL) -> dict[str, Any]:  # fmt: skip
     """Train the configured model on split ``kind`` on every process of ``parallel``'s group (or
     resume it); rank 0 writes the checkpoint, ``model.safetensors`` (the best epoch's weights) and
-    ``distributed.json`` in the run's folder. Returns what ``distributed.json`` holds."""
+    ``distributed.json`` in the run's folder, and records the run as the `model` asset does: an
+    MLflow run in ``experiment`` (params, each epoch's metrics, the weights and the pyfunc bundle),
+    a new version of ``registered_model`` when ``kind`` is ``train.split_kind``, and
+    ``<data>/models/<kind>/current.json`` naming the model. Returns what ``distributed.json`` holds."""
     logger = logger or log
     settings = TrainParams.from_params(params)
     if is_embedding_model(settings.model):
@@ -197,12 +206,53 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
     logger.info(f"rank {parallel.rank}/{parallel.world_size} on {parallel.device} ({dist.get_backend()}): "
                 f"{settings.model} on the {kind} split, {len(train_set)} clips, {len(classes)} artists, "
                 f"{len(val_set)} validation clips, batches of {settings.batch_size} per process")  # fmt: skip
-    result = train(train_set, val_set, settings, feature_params, parallel.device, run_dir, augmenters,
-                   logger=logger, parallel=parallel)  # fmt: skip
+    run_id_file = run_dir / "mlflow_run_id"
+    previous_run = run_id_file.read_text(encoding="utf-8").strip() if run_id_file.exists() else None
+    uri = tracking_uri(paths.root)
+    # rank 0 records the run in MLflow as the `model` asset does (resuming the run its folder names)
+    tracked = (mlflow_run(uri, experiment, f"{settings.model}-{kind}", previous_run) if parallel.writes
+               else contextlib.nullcontext())  # fmt: skip
+    with tracked as run:
+        if run is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run.info.run_id, run_id_file)
+            if previous_run is None:
+                _start_logging(params, paths, kind, settings, classes, len(train_set), len(val_set), version,
+                               parallel.device)  # fmt: skip
+                mlflow.log_params({"world_size": parallel.world_size, "backend": dist.get_backend()})
+        result = train(train_set, val_set, settings, feature_params, parallel.device, run_dir, augmenters,
+                       on_epoch=_log_epoch, logger=logger, parallel=parallel)  # fmt: skip
+        summary = _summary(result, settings, feature_params, classes, kind, version, run_dir, parallel)
+        if run is not None:
+            write_text(json.dumps(summary, indent=1), run_dir / "distributed.json")
+            mlflow.log_artifact(str(run_dir / "distributed.json"), "weights")
+            done = run_dir / "model.json"
+            if result.resumed_from_epoch == len(result.history) and done.exists():  # finished before: nothing new
+                info = json.loads(done.read_text(encoding="utf-8"))
+            else:
+                register = kind == settings.split_kind  # as the `model` asset: the primary kind's model only
+                info = _record(result, run_dir, run.info.run_id, settings, preprocessing(params, paths), classes,
+                               kind, version, uri, registered_model if register else None, logger)  # fmt: skip
+            write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
+            logger.info(f"best epoch {result.best_epoch} (val accuracy {summary['val_accuracy']:.3f}): {run_dir}, "
+                        f"MLflow run {run.info.run_id}")  # fmt: skip
+    dist.barrier()  # the others wait until rank 0's files are in place
+    return summary
+
+
+def _log_epoch(m) -> None:
+    """An epoch's metrics in the active MLflow run (``train`` calls it on rank 0 only)."""
+    names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
+    mlflow.log_metrics({n: getattr(m, n) for n in names}, step=m.epoch)
+
+
+def _summary(result, settings: TrainParams, feature_params: FeatureParams, classes: list[str], kind: str,
+             version: str, run_dir, parallel: DistributedTraining) -> dict[str, Any]:  # fmt: skip
+    """What ``distributed.json`` holds: the run, and per epoch how the processes shared it."""
     best = next((h for h in result.history if h.epoch == result.best_epoch), result.history[-1])
     summary_file = run_dir / "distributed.json"
     earlier = json.loads(summary_file.read_text(encoding="utf-8"))["epochs"] if summary_file.exists() else []
-    summary = {
+    return {
         "model": settings.model, "model_options": settings.model_options, "classes": classes,
         "n_mels": feature_params.n_mels, "kind": kind, "data_version": version, "dir": str(run_dir),
         "best_epoch": result.best_epoch, "val_accuracy": best.val_accuracy, "epochs_run": len(result.history),
@@ -211,16 +261,6 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
         # per epoch: clips each process trained on, distinct clips among them, each process's weight checksum
         "epochs": [e for e in earlier if e["epoch"] <= result.resumed_from_epoch] + parallel.epochs,
     }  # fmt: skip
-    if parallel.writes:
-        from safetensors.torch import save_file
-
-        weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-        with atomic_path(run_dir / "model.safetensors") as tmp:
-            save_file(weights, str(tmp))
-        write_text(json.dumps(summary, indent=1), summary_file)
-        logger.info(f"best epoch {result.best_epoch} (val accuracy {best.val_accuracy:.3f}): {run_dir}")
-    dist.barrier()  # the others wait until rank 0's files are in place
-    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
