@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,35 @@ def write_bytes(data: bytes, destination: str | os.PathLike) -> Path:
 
 def write_text(text: str, destination: str | os.PathLike) -> Path:
     return write_bytes(text.encode("utf-8"), destination)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` across threads and processes: a POSIX ``flock`` on the
+    ``.<name>.lock`` file beside it (not on ``path`` itself, which an atomic write replaces)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_json(path: str | os.PathLike, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Read the JSON object at ``path`` ({} when missing or unreadable), apply ``change`` and write
+    the result back atomically, all under ``path``'s lock: two writers never lose each other's update."""
+    with locked(path):
+        try:
+            current = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            current = {}
+        updated = change(current)
+        write_text(json.dumps(updated, indent=1, sort_keys=True), path)
+    return updated
 
 
 def read_table(source: str | os.PathLike, schema: pa.Schema | None = None) -> pa.Table:

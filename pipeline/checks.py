@@ -110,8 +110,9 @@ def splits_disjoint_and_complete(splits: pa.Table) -> dg.AssetCheckResult:
 @dg.asset_check(asset=evaluation)
 def champion_not_worse(context: dg.AssetCheckExecutionContext, settings: ReconetSettings,
                        mlflow_tracking: MlflowTracking) -> dg.AssetCheckResult:  # fmt: skip
-    """The registry's `champion` alias points at the version with the best test song macro-F1 seen
-    so far: a new model took it only if it scored at least as well (``evaluation`` promotes)."""
+    """The registry's `champion` alias points at the version the champion rule promoted last: a new
+    model took it only if it scored at least as well as the champion on the same clips, its own
+    validation songs (``evaluation`` decides and records both scores on the version)."""
     from ml.training.tracking import champion_report
 
     report = champion_report(mlflow_tracking.uri(settings.paths().root), mlflow_tracking.registered_model,

@@ -100,6 +100,83 @@ def test_embedding_model_trains_registers_and_names_held_out_songs(env, model_na
     assert again["run_id"] == out["run_id"] and again["version"] == "1"  # finished: not refitted or registered
 
 
+def test_the_champion_rule_scores_candidate_and_champion_on_the_candidates_validation_songs(env):
+    """A candidate is compared with the champion on the same clips, its own validation songs, never on
+    test figures measured on two test sets; both scores are recorded on its version. Singers only the
+    champion knows are left out of the comparison. A run recorded again after a crash before its
+    `model.json` keeps its version; a champion whose files are gone cannot be scored: it is replaced."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+    from sklearn.metrics import f1_score
+
+    from ml.identification.bundle import load_bundle
+    from ml.training.model_run import evaluate_and_log, train_and_log
+    from ml.training.tracking import current_champion
+
+    artists = list(VOICES)[:6]
+    segments, features, packed = _project(env, artists)
+    params = _params("voice_embedding")
+    params["models"]["voice_embedding"] = {**params["models"]["voice_embedding"], "encoder": "ge2e"}
+    paths = config.paths(params)
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",), min_songs=3))
+    uri, name = f"sqlite:///{env / 'mlflow.db'}", "reconet-vocalist"
+    client = MlflowClient(uri)
+
+    def train(data: pa.Table) -> dict:
+        return train_and_log(params, paths, "song", splits, data, features, uri, "t", register=True)
+
+    def evaluate() -> dict:
+        report = evaluate_and_log(params, paths, "song", splits, segments, features, uri, registered_model=name)
+        return report.metrics["champion"]
+
+    assert train(segments)["version"] == "1"
+    first = evaluate()
+    assert first["promoted"] and first["champion_val_macro_f1"] is None and first["note"] == "no champion yet"
+    # the candidate knows five of the six singers, each by the next one's name (a wrongly tagged library)
+    five = artists[:5]
+    wrong = {a: five[(i + 1) % 5] for i, a in enumerate(five)}
+    mislabelled = pa.Table.from_pylist([{**r, "artist": wrong[r["artist"]]} for r in segments.to_pylist()
+                                        if r["artist"] in wrong], schema=segments.schema)  # fmt: skip
+    second = train(mislabelled)
+    assert second["version"] == "2" and second["classes"] == sorted(five)
+    decision = evaluate()
+
+    val_ids = {r["segment_id"] for r in splits.to_pylist() if r["split"] == "val"}
+    val = [r for r in segments.to_pylist() if r["segment_id"] in val_ids and r["artist"] in five]
+    clips = packed[[r["audio_row"] for r in val]].astype(np.float32) / 32767
+    songs = {}
+    for i, r in enumerate(val):
+        songs.setdefault(r["track_id"], []).append(i)
+    truth = [val[rows[0]]["artist"] for rows in songs.values()]
+
+    def val_macro_f1(version: str) -> float:  # each model's songs named among the five singers both know
+        identifier = load_bundle(f"models:/{name}/{version}", uri).identifier
+        probabilities = identifier.classify(clips)[0][:, [identifier.classes.index(a) for a in sorted(five)]]
+        named = [sorted(five)[int(probabilities[rows].mean(axis=0).argmax())] for rows in songs.values()]
+        return float(f1_score(truth, named, labels=sorted(five), average="macro", zero_division=0))
+
+    assert decision["candidate_val_macro_f1"] == pytest.approx(val_macro_f1("2"), abs=1e-6)
+    assert decision["champion_val_macro_f1"] == pytest.approx(val_macro_f1("1"), abs=1e-6)
+    assert decision["champion_val_macro_f1"] >= 0.8 > 0.2 > decision["candidate_val_macro_f1"]
+    assert decision["val_clips"] == len(val) and decision["val_songs"] == len(songs)
+    assert decision["artists"] == sorted(five) and "the 5 singers both know" in decision["note"]
+    assert not decision["promoted"] and decision["compared_with"] == "1" and current_champion(uri, name) == "1"
+    tags = client.get_model_version(name, "2").tags
+    assert float(tags["champion_rule_candidate_val_macro_f1"]) == pytest.approx(decision["candidate_val_macro_f1"])
+    assert float(tags["champion_rule_champion_val_macro_f1"]) == pytest.approx(decision["champion_val_macro_f1"])
+    assert tags["champion_rule_compared_with"] == "1" and tags["champion_rule_promoted"] == "false"
+
+    (paths.data / second["dir"] / "model.json").unlink()  # a crash after registering, before the marker
+    assert train(mislabelled)["version"] == "2"
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'")) == ["1", "2"]
+
+    shutil.rmtree(env / "mlartifacts")  # the champion's registered files are gone: it cannot be scored
+    decision = evaluate()
+    assert decision["promoted"] and decision["champion_val_macro_f1"] is None
+    assert "could not be loaded" in decision["note"] and current_champion(uri, name) == "2"
+
+
 def test_enrolling_a_new_singer_names_their_other_songs_and_an_unenrolled_voice_is_unknown(env):
     from ml.identification.enrolment import enrol_clips, identify_clips
     from ml.training.model_run import load_trained, model_dir, train_and_log

@@ -59,20 +59,28 @@ def test_split_problems_name_leaks_and_missing_classes():
 
 
 def test_champion_alias_moves_only_to_a_model_that_is_not_worse(tmp_path):
+    """Each candidate is compared with the champion it was scored against, on the same clips (both
+    scores given); equal is "not below"; a champion that was not scored (its files gone) is replaced;
+    a comparison with a champion that has changed since does not count."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.create_registered_model("voices")
-    versions = [client.create_model_version("voices", source=str(tmp_path)).version for _ in range(4)]
-    scores = (0.8, 0.7, 0.9, 0.9)
-    decisions = [promote_champion(uri, "voices", v, "song", f1) for v, f1 in zip(versions, scores, strict=True)]
-    assert [d["promoted"] for d in decisions] == [True, False, True, True]  # equal is "not below"
-    assert decisions[1]["champion"] == versions[0]
-    assert client.get_model_version_by_alias("voices", "champion").version == versions[3]
+    versions = [client.create_model_version("voices", source=str(tmp_path)).version for _ in range(6)]
+    comparisons = [(0.8, None, None), (0.7, 0.75, "1"), (0.9, 0.85, "1"), (0.9, 0.9, "3"), (0.99, 0.5, "3"),
+                   (0.6, None, "4")]  # (candidate, champion on the candidate's clips, champion scored)  # fmt: skip
+    decisions = [promote_champion(uri, "voices", v, "song", candidate, champion, compared_with)
+                 for v, (candidate, champion, compared_with) in zip(versions, comparisons, strict=True)]  # fmt: skip
+    assert [d["promoted"] for d in decisions] == [True, False, True, True, False, True]
+    assert decisions[1]["champion"] == "1" and "changed" in decisions[4]["note"]  # v3 had replaced v4's rival
+    tags = client.get_model_version("voices", "2").tags
+    assert (tags["champion_rule_candidate_val_macro_f1"], tags["champion_rule_champion_val_macro_f1"],
+            tags["champion_rule_compared_with"]) == ("0.700000", "0.750000", "1")  # fmt: skip
+    assert str(client.get_model_version_by_alias("voices", "champion").version) == "6"
     assert champion_report(uri, "voices", "song")["consistent"]
     assert champion_report(uri, "voices", "album") is None  # nothing evaluated on that split
-    client.set_registered_model_alias("voices", "champion", versions[1])  # by hand, against the rule
+    client.set_registered_model_alias("voices", "champion", "2")  # by hand, against the rule
     report = champion_report(uri, "voices", "song")
-    assert not report["consistent"] and report["better_versions_not_promoted"] == [3, 4]
+    assert not report["consistent"] and report["promoted_after_champion"] == [3, 4, 6]
 
 
 def test_step_versions_follow_params_and_code(tmp_path):

@@ -253,6 +253,90 @@ def test_training_on_augmented_raw_clips(tmp_path, monkeypatch):
     assert max(accuracy[True]) < 0.5 < 0.7 < max(accuracy[False])  # chance is 1/3
 
 
+def test_augmentation_separation_and_labels_are_part_of_a_runs_identity(tmp_path, monkeypatch):
+    """A change of the `augment` section (when training augments), of the separation backend or
+    checkpoint, or of a clip's artist trains a new run; an unchanged configuration finds its run."""
+    from ml.training.model_run import train_and_log
+
+    checkpoint = tmp_path / "models" / "spleeter" / "2stems" / "model.data-00000-of-00001"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights of separation model A")
+    monkeypatch.setenv("RECONET_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
+    params, segments, features = _tiny_project(tmp_path)
+    params["train"].update(augment=True, epochs=1)
+    params["augment"] = {"gaussian_noise": {"p": 1.0}}
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def run_of(data=segments) -> str:
+        return train_and_log(params, config.paths(params), "song", splits, data, features, uri, "t", False)["run_id"]
+
+    first = run_of()
+    assert run_of() == first  # finished: found, not trained again
+    runs = {first}
+    params["augment"] = {"gaussian_noise": {"p": 0.5}}
+    runs.add(run_of())
+    params["separation"] = {**params["separation"], "backend": "spleeter"}
+    runs.add(run_of())
+    checkpoint.write_bytes(b"weights of separation model B")
+    runs.add(run_of())
+    trained = next(r["track_id"] for r in splits.to_pylist() if r["split"] == "train" and r["artist"] == "Alto")
+    relabelled = segments.to_pylist()
+    for row in relabelled:  # a corrected tag: a training song's clips are another singer's (same segment ids)
+        row["artist"] = "Tenor" if row["track_id"] == trained else row["artist"]
+    runs.add(run_of(pa.Table.from_pylist(relabelled, schema=segments.schema)))
+    assert len(runs) == 5
+    params["train"]["augment"] = False  # the cached log-mels: the augment section shapes nothing
+    plain = run_of()
+    params["augment"] = {"gaussian_noise": {"p": 1.0}}
+    assert run_of() == plain and plain not in runs
+
+
+def test_a_run_recorded_again_after_a_crash_keeps_its_version_and_replaces_its_weights_whole(tmp_path, monkeypatch):
+    """A crash between registering a version and writing `model.json` (the completion marker): the
+    run is recorded again and registers nothing new. The weights are written beside their place and
+    renamed in (a new file, not the old one rewritten), leaving no temporary file."""
+    from ml.training.model_run import train_and_log
+
+    monkeypatch.setenv("RECONET_DATA_DIR", str(tmp_path / "data"))
+    params, segments, features = _tiny_project(tmp_path)
+    params["train"]["epochs"] = 1
+    paths = config.paths(params)
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = train_and_log(params, paths, "song", splits, segments, features, uri, "t", register=True)
+    run_dir = paths.data / out["dir"]
+    weights = run_dir / "model.safetensors"
+    before = weights.stat().st_ino
+    (run_dir / "model.json").unlink()  # as a crash after `register`, before the marker
+    again = train_and_log(params, paths, "song", splits, segments, features, uri, "t", register=True)
+    assert again["run_id"] == out["run_id"] and again["version"] == out["version"] == "1"
+    assert [str(v.version) for v in MlflowClient(uri).search_model_versions("name='reconet-vocalist'")] == ["1"]
+    assert (run_dir / "model.json").exists() and weights.stat().st_ino != before
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+CONCURRENT_UPDATES = """
+import sys
+from ml.tables import update_json
+for i in range(int(sys.argv[3])):
+    update_json(sys.argv[1], lambda d, i=i: {**d, f"{sys.argv[2]}-{i}": i})
+"""
+
+
+def test_concurrent_updates_of_the_metrics_summary_lose_nothing(tmp_path):
+    """Evaluations of several split kinds update `reports/metrics.json` at once (Dagster's
+    multiprocess executor): each read-change-write holds the file's lock, so no update is lost."""
+    target = tmp_path / "reports" / "metrics.json"
+    writers, updates = 4, 40
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_UPDATES, str(target), f"kind{w}", str(updates)],
+                              cwd=config.project_root()) for w in range(writers)]  # fmt: skip
+    assert [p.wait(timeout=300) for p in procs] == [0] * writers
+    summary = json.loads(target.read_text())
+    assert summary == {f"kind{w}-{i}": i for w in range(writers) for i in range(updates)}
+
+
 def test_a_split_kind_without_two_eligible_artists_is_skipped_with_its_reason(project_dirs):
     """No artist has two albums: the album split is empty, and training on it is skipped (it crashed on
     an empty class list), with the reason in the asset's metadata."""

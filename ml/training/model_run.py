@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from ml.device import device_from_params
 from ml.identification.backend import is_embedding_model
 from ml.identification.identify import preprocessing
 from ml.models import build_model
-from ml.tables import write_text
+from ml.tables import atomic_path, update_json, write_text
 from ml.training.evaluation import Predictions, Report, evaluate, predict
 from ml.training.training import TrainParams, dataset_sources, train
 
@@ -55,8 +56,25 @@ def split_rows_of(splits: pa.Table, segments: pa.Table, kind: str, which: str) -
 
 
 def data_version(rows: pa.Table, features: FeatureParams) -> str:
-    ids = sorted(rows.column("segment_id").to_pylist())
-    return hashlib.sha256(json.dumps([ids, features.digest()]).encode()).hexdigest()[:16]
+    """The clips, their labels (a corrected artist tag keeps the segment ids but changes the data)
+    and, where the segments record it, the stems they were cut from (``stems``)."""
+    columns = [c for c in ("segment_id", "artist", "stems") if c in rows.column_names]
+    labelled = sorted(zip(*(rows.column(c).to_pylist() for c in columns), strict=True))
+    return hashlib.sha256(json.dumps([labelled, features.digest()]).encode()).hexdigest()[:16]
+
+
+def run_identity(params: dict[str, Any], paths: config.Paths, settings: TrainParams) -> dict[str, Any]:
+    """What shapes a model besides its ``train``/``models`` settings and its data: the separation
+    that made its clips (backend, checkpoint) and, when it trains on augmented clips, the ``augment``
+    section. Part of the run's digest, so a change there trains a new run."""
+    from ml.clips.augment import AugmentParams
+    from ml.separation.separation import SeparationParams, checkpoint_sha256
+
+    augmented = settings.augment and not is_embedding_model(settings.model)  # an embedding model never augments
+    augment = asdict(AugmentParams.from_params(params.get("augment", {}))) if augmented else None
+    separation = {"backend": SeparationParams.from_params(params).backend,
+                  "checkpoint_sha256": checkpoint_sha256(paths.spleeter_checkpoint)}  # fmt: skip
+    return {"separation": separation, "augment": augment}
 
 
 def augmenters_for(params: dict[str, Any], sample_rate: int):
@@ -92,7 +110,8 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
                          f"(has {len(classes)} artists, {val_rows.num_rows} validation clips; the `splits` "
                          "asset's metadata lists the artists left out and why)")  # fmt: skip
     version = data_version(pa.concat_tables([train_rows, val_rows]), feature_params)
-    digest = settings.digest({"data": version, "kind": kind, "features": feature_params.digest()})[:12]
+    digest = settings.digest({"data": version, "kind": kind, "features": feature_params.digest(),
+                              **run_identity(params, paths, settings)})[:12]  # fmt: skip
     run_dir = paths.data / "models" / kind / digest
     run_dir.mkdir(parents=True, exist_ok=True)
     device = device_from_params(params)
@@ -192,7 +211,8 @@ def _record(result, run_dir: Path, run_id: str, settings: TrainParams, prep: dic
             kind: str, version: str, tracking_uri: str, registered_model: str | None, logger) -> dict[str, Any]:
     """Save a finished run's weights and log them, with the model's pyfunc bundle
     (``ml/identification/bundle.py``), to its (active) MLflow run; register it when
-    ``registered_model`` is given. ``model.json`` is written last: it marks the run as finished."""
+    ``registered_model`` is given (once per run: a run recorded again after a crash before its
+    marker keeps its version). ``model.json`` is written last: it marks the run as finished."""
     import mlflow
     from safetensors.torch import save_file
 
@@ -200,7 +220,8 @@ def _record(result, run_dir: Path, run_id: str, settings: TrainParams, prep: dic
     from ml.training.tracking import register
 
     weights = run_dir / "model.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(weights))
+    with atomic_path(weights) as tmp:  # a reader of the previous weights never sees half of the new ones
+        save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(tmp))
     info = {"model": settings.model, "model_options": settings.model_options, "classes": classes,
             "n_mels": prep["features"]["n_mels"], "preprocessing": prep, "kind": kind, "run_id": run_id,
             "data_version": version, "best_epoch": result.best_epoch, "version": None,
@@ -278,14 +299,40 @@ def open_set_figures(train: Predictions, test: Predictions, params: dict[str, An
     return figures
 
 
+def _champion_rule(paths: config.Paths, kind: str, splits: pa.Table, table: pa.Table, info: dict[str, Any],
+                   tracking_uri: str, registered_model: str, device, test_macro_f1: float,
+                   logger) -> dict[str, Any]:  # fmt: skip
+    """The registered candidate ``info`` against the current champion on the candidate's validation
+    clips (``ml/training/champion.py``); the candidate becomes the champion unless it scored lower."""
+    from ml.identification.identify import Identifier
+    from ml.training.champion import compare_with_champion
+    from ml.training.tracking import promote_champion
+
+    val_rows = split_rows_of(splits, table, kind, "val")
+    val_rows = val_rows.filter(pc.is_in(val_rows.column("artist"), pa.array(info["classes"], pa.string())))
+    candidate = Identifier.from_folder(model_dir(paths, info), info, device)
+    comparison = compare_with_champion(tracking_uri, registered_model, info["version"], candidate, val_rows,
+                                       paths.data, logger)  # fmt: skip
+    decision = promote_champion(tracking_uri, registered_model, info["version"], kind,
+                                comparison["candidate_val_macro_f1"], comparison["champion_val_macro_f1"],
+                                comparison["champion"], comparison["note"], test_macro_f1)  # fmt: skip
+    decision.update(val_clips=comparison["clips"], val_songs=comparison["songs"], artists=comparison["artists"])
+    verdict = "is now" if decision["promoted"] else "did not beat"
+    champion_score = decision["champion_val_macro_f1"]
+    logger.info(f"{registered_model} version {info['version']} {verdict} the champion (version "
+                f"{decision['champion']}): validation song macro-F1 {decision['candidate_val_macro_f1']:.3f} against "
+                + ("no score" if champion_score is None else f"{champion_score:.3f}")
+                + f" on {comparison['songs']} songs; {decision['note']}")  # fmt: skip
+    return decision
+
+
 def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, splits: pa.Table, segments: pa.Table,
                      features: pa.Table, tracking_uri: str, logger: logging.Logger | Any = None,
                      registered_model: str | None = None) -> Report:  # fmt: skip
     """The ``kind`` model on its test set, logged to its MLflow run and ``reports/``. A registered
-    version becomes the ``champion`` of ``registered_model`` unless the champion scored better."""
+    version becomes the ``champion`` of ``registered_model`` unless the champion scored better on
+    the same clips, the candidate's validation songs (``ml/training/champion.py``)."""
     import mlflow
-
-    from ml.training.tracking import promote_champion
 
     logger = logger or log
     model, info = load_trained(paths, kind)
@@ -320,20 +367,11 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
         for path in report.files.values():
             mlflow.log_artifact(str(path), f"evaluation/{kind}")
         if registered_model and info.get("version"):
-            m["champion"] = promote_champion(tracking_uri, registered_model, info["version"], kind,
-                                             summary["test_song_mean_probability_macro_f1"])  # fmt: skip
+            m["champion"] = _champion_rule(paths, kind, splits, table, info, tracking_uri, registered_model, device,
+                                           summary["test_song_mean_probability_macro_f1"], logger)  # fmt: skip
             mlflow.set_tag("champion", str(m["champion"]["promoted"]).lower())
-            verdict = "is now" if m["champion"]["promoted"] else "did not beat"
-            logger.info(f"{registered_model} version {info['version']} {verdict} the champion "
-                        f"(version {m['champion']['champion']})")  # fmt: skip
-    metrics_file = paths.reports / "metrics.json"
-    try:
-        all_metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        all_metrics = {}
-    all_metrics[kind] = {"model": info["model"], "mlflow_run_id": info["run_id"],
-                         **{k: round(v, 4) for k, v in summary.items()}}  # fmt: skip
-    write_text(json.dumps(all_metrics, indent=1, sort_keys=True), metrics_file)
+    entry = {"model": info["model"], "mlflow_run_id": info["run_id"], **{k: round(v, 4) for k, v in summary.items()}}
+    update_json(paths.reports / "metrics.json", lambda all_metrics: {**all_metrics, kind: entry})  # other kinds' too
     logger.info(f"{kind} split: segment accuracy {m['segment']['accuracy']:.3f}, "
                 f"song accuracy {m['song_mean_probability']['accuracy']:.3f}, "
                 f"song macro-F1 {m['song_mean_probability']['macro_f1']:.3f}")  # fmt: skip

@@ -78,55 +78,101 @@ def mlflow_run(uri: str, experiment: str, run_name: str, run_id: str | None = No
 
 
 def register(uri: str, run_id: str, model_uri: str, name: str = REGISTERED_MODEL) -> str:
-    """A new version of the registered model from the run's logged model; returns the version."""
+    """A new version of the registered model from the run's logged model; returns the version. A
+    run registers one version: recorded again (a crash after registering, before the run's
+    ``model.json``), it gets its existing version back."""
     mlflow.set_tracking_uri(uri)
+    existing = version_of_run(uri, run_id, name)
+    if existing is not None:
+        return existing
     version = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
     return str(version.version)
 
 
-CHAMPION = "champion"
-SCORE_TAG = "test_song_macro_f1"  # on each registered version, set by its evaluation
-
-
-def promote_champion(uri: str, name: str, version: str, kind: str, macro_f1: float) -> dict[str, Any]:
-    """Record ``version``'s test song macro-F1 on it and give it the ``champion`` alias unless the
-    current champion scored better: a retrained model never replaces a better one. Returns what
-    was decided, for the run's metadata."""
-    client = MlflowClient(uri)
-    client.set_model_version_tag(name, version, SCORE_TAG, f"{macro_f1:.6f}")
-    client.set_model_version_tag(name, version, "split_kind", kind)
+def version_of_run(uri: str, run_id: str, name: str) -> str | None:
+    """The version of ``name`` that run ``run_id`` registered, or None (the earliest, should there be several)."""
     try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:  # no champion yet
-        current = None
-    current_score = float(current.tags.get(SCORE_TAG, "-inf")) if current is not None else None
-    promoted = current is None or current.version == str(version) or macro_f1 >= current_score
+        found = MlflowClient(uri).search_model_versions(f"run_id='{run_id}'")
+    except mlflow.exceptions.MlflowException:  # no registered model yet
+        return None
+    versions = sorted(int(v.version) for v in found if v.name == name)
+    return str(versions[0]) if versions else None
+
+
+CHAMPION = "champion"
+SCORE_TAG = "test_song_macro_f1"  # on each registered version, set by its evaluation (its own test set: not compared)
+RULE_TAG = "champion_rule_"  # the champion rule's decision on each evaluated version: the tags below
+CANDIDATE_SCORE_TAG = RULE_TAG + "candidate_val_macro_f1"
+CHAMPION_SCORE_TAG = RULE_TAG + "champion_val_macro_f1"
+
+
+def current_champion(uri: str, name: str) -> str | None:
+    """The version the ``champion`` alias of ``name`` points at; None when there is none."""
+    try:
+        return str(MlflowClient(uri).get_model_version_by_alias(name, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:  # no champion yet (or no registered model)
+        return None
+
+
+def promote_champion(uri: str, name: str, version: str, kind: str, candidate_score: float,
+                     champion_score: float | None = None, compared_with: str | None = None, note: str = "",
+                     test_macro_f1: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Give ``version`` the ``champion`` alias unless the current champion scored better on the same
+    held-out clips: ``candidate_score`` and ``champion_score`` are the two models' song macro-F1 on
+    them (``ml/training/champion.py``), ``compared_with`` the champion that was scored. Without a
+    ``champion_score`` (no champion, or one that could not be scored: ``note`` says why) the
+    candidate is promoted. A champion that changed since it was scored is not overruled. Both scores
+    (and the version's own ``test_macro_f1``, for the record) are tagged on the version; returns
+    what was decided, for the evaluation's metadata."""
+    client = MlflowClient(uri)
+    current = current_champion(uri, name)
+    if current == str(version) or current is None:
+        promoted, reason = True, "the candidate is the champion" if current else "no champion yet"
+    elif compared_with is not None and compared_with != current:
+        promoted, reason = False, f"the champion changed (version {compared_with} -> {current}) during the comparison"
+    elif champion_score is None:
+        promoted, reason = True, note or "the champion was not scored"
+    else:
+        promoted = candidate_score >= champion_score
+        reason = note or "both scored on the same held-out clips"
+    tags = {"split_kind": kind, CANDIDATE_SCORE_TAG: f"{candidate_score:.6f}",
+            CHAMPION_SCORE_TAG: "" if champion_score is None else f"{champion_score:.6f}",
+            RULE_TAG + "compared_with": compared_with or "", RULE_TAG + "promoted": str(promoted).lower(),
+            RULE_TAG + "note": reason[:5000]}  # fmt: skip
+    if test_macro_f1 is not None:
+        tags[SCORE_TAG] = f"{test_macro_f1:.6f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, str(version))
-    return {"version": str(version), "macro_f1": round(macro_f1, 6), "promoted": promoted,
-            "champion": str(version) if promoted else current.version,
-            "previous_champion": None if current is None else current.version,
-            "previous_champion_macro_f1": current_score}  # fmt: skip
+    return {"version": str(version), "promoted": promoted, "champion": str(version) if promoted else current,
+            "previous_champion": current, "compared_with": compared_with,
+            "candidate_val_macro_f1": round(candidate_score, 6),
+            "champion_val_macro_f1": None if champion_score is None else round(champion_score, 6),
+            "note": reason}  # fmt: skip
 
 
 def champion_report(uri: str, name: str, kind: str) -> dict[str, Any] | None:
-    """Whether the ``champion`` alias obeys the rule: no version evaluated after the champion on
-    the ``kind`` split scored better. None when no version of ``name`` was evaluated on ``kind``."""
+    """Whether the ``champion`` alias obeys the rule: it points at the version the rule promoted
+    last among those evaluated on the ``kind`` split. None when no version of ``name`` has a
+    decision on ``kind``."""
     client = MlflowClient(uri)
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except mlflow.exceptions.MlflowException:
         return None
-    scored = {int(v.version): float(v.tags[SCORE_TAG]) for v in versions
-              if SCORE_TAG in v.tags and v.tags.get("split_kind") == kind}  # fmt: skip
-    if not scored:
+    decided = {int(v.version): v.tags for v in versions
+               if RULE_TAG + "promoted" in v.tags and v.tags.get("split_kind") == kind}  # fmt: skip
+    if not decided:
         return None
-    try:
-        champion = int(client.get_model_version_by_alias(name, CHAMPION).version)
-    except mlflow.exceptions.MlflowException:
+    champion = current_champion(uri, name)
+    if champion is None:
         return {"consistent": False, "problem": "evaluated versions exist but none is the champion"}
-    later_better = sorted(v for v, s in scored.items() if v > champion and s > scored.get(champion, float("-inf")))
-    latest = max(scored)
-    return {"consistent": champion in scored and not later_better, "champion": champion,
-            "champion_macro_f1": scored.get(champion), "latest_version": latest, "latest_macro_f1": scored[latest],
-            "better_versions_not_promoted": later_better}  # fmt: skip
+    champion = int(champion)
+    promoted = sorted(v for v, tags in decided.items() if tags[RULE_TAG + "promoted"] == "true")
+    promoted_later = [v for v in promoted if v > champion]
+    scores = decided.get(champion, {})
+    return {"consistent": champion in promoted and not promoted_later, "champion": champion,
+            "champion_val_macro_f1": float(scores[CANDIDATE_SCORE_TAG]) if CANDIDATE_SCORE_TAG in scores else None,
+            "latest_promoted": promoted[-1] if promoted else None, "promoted_after_champion": promoted_later,
+            "rejected": sorted(v for v in decided if v not in promoted)}  # fmt: skip
