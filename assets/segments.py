@@ -42,6 +42,7 @@ def segments(context: dg.AssetExecutionContext, settings: ReconetSettings, vocal
             "padded_clips": padded,
             "clip_s": segment_params.clip_s,
             "params_hash": segment_params.digest(),
+            "stems": dg.MetadataValue.json(sorted(set(table.column("stems").to_pylist()))),
             "packed_files": dg.MetadataValue.json([p.name for p in result.files]),
         }
     )
@@ -52,17 +53,20 @@ def segments(context: dg.AssetExecutionContext, settings: ReconetSettings, vocal
           kinds={"pytorch", "numpy"}, pool="gpu")  # fmt: skip
 def features(context: dg.AssetExecutionContext, settings: ReconetSettings, segments: pa.Table) -> pa.Table:
     """Log-mel spectrograms of every segment of one release (float16, memory-mappable), computed in
-    batches on the best device and cached by (segment ids, feature parameters): unchanged inputs
-    recompute nothing."""
+    batches on the best device and cached by (segment ids, the stems they were cut from, feature
+    parameters): unchanged inputs recompute nothing, stems of another backend or checkpoint do."""
     params, paths = settings.params(), settings.paths()
     feature_params = FeatureParams.from_params(params)
     segment_rate = SegmentParams.from_params(params).sample_rate
     if feature_params.sample_rate != segment_rate:
         raise dg.Failure(f"features.sample_rate ({feature_params.sample_rate}) must equal segments.sample_rate "
                          f"({segment_rate}): the clips are stored at the latter")  # fmt: skip
+    if "stems" not in segments.column_names:
+        raise dg.Failure(f"the segments table of {context.partition_key} has no `stems` column (what made the "
+                         "stems; written by an older reconet): materialise `segments` again")  # fmt: skip
     cache = FeatureCache(paths.data / "features", feature_params)
     ids = segments.column("segment_id").to_pylist()
-    name = entry_name(scope_filename(context.partition_key, suffix=""), ids)
+    name = entry_name(scope_filename(context.partition_key, suffix=""), ids, segments.column("stems").to_pylist())
     current = paths.tables / "features" / scope_filename(context.partition_key)  # the table this run replaces
     in_use = (
         {paths.data / f for f in set(read_table(current).column("feature_file").to_pylist())}

@@ -20,6 +20,7 @@ from ml.separation.separation import (
     assess,
     checkpoint_sha256,
     separate_with_torch,
+    stem_cache,
 )
 from ml.separation.stems import StemCache
 
@@ -69,13 +70,14 @@ def vocals(
     context: dg.AssetExecutionContext, config: VocalsConfig, settings: ReconetSettings, clean_tracks: pa.Table
 ) -> dg.Output[pa.Table]:
     """The isolated vocals (and accompaniment) of every clean track of one release, cached by
-    (audio, model, backend) under `data/vocals/`. Tracks whose vocals stay quiet (instrumentals),
+    (audio, model, backend, precision) under `data/vocals/`. Tracks whose vocals stay quiet (instrumentals),
     silent or undecodable tracks go to `rejected` (stage `vocals`)."""
     params, paths = settings.params(), settings.paths()
     separation = SeparationParams.from_params(params, backend=config.backend or None)
     release = context.partition_key
     tracks = clean_tracks.filter(pc.equal(clean_tracks.column("release"), release))
-    cache = StemCache(paths.vocals, separation.backend, checkpoint_sha256(paths.spleeter_checkpoint))
+    device = device_from_params(params)
+    cache = stem_cache(paths.vocals, separation, checkpoint_sha256(paths.spleeter_checkpoint), device)
     if removed := cache.clean_partial():
         context.log.info(f"removed {removed} partial stem folder(s) left by an interrupted run")
     todo = [
@@ -87,7 +89,6 @@ def vocals(
     context.log.info(f"{release}: {tracks.num_rows} clean tracks, {cached} already separated, {len(todo)} to do "
                      f"with the {separation.backend} backend")  # fmt: skip
     if separation.backend == "torch":
-        device = device_from_params(params)
         failures = separate_with_torch(todo, cache, paths.spleeter_weights, device, separation, logger=context.log)
     else:
         failures = _separate_with_official_spleeter(context, settings, todo, cache) if todo else []
@@ -103,6 +104,7 @@ def vocals(
         metadata={
             "backend": separation.backend,
             "model_sha256": cache.model_sha256,
+            "stems_identity": cache.identity,
             "clean_tracks": tracks.num_rows,
             "separated_now": len(todo) - len(failures),
             "from_cache": cached,

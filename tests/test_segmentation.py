@@ -23,6 +23,7 @@ from ml.clips.segmentation import (
 )
 
 SR = 16000
+STEMS = "torch-" + "0" * 64  # what made the test stems (StemCache.identity)
 
 
 def _bursts(seconds: float, sample_rate: int, regions: list[tuple[float, float]], channels: int = 1,
@@ -133,7 +134,7 @@ def test_sparse_phrases_give_clips_only_when_joined(tmp_path):
     sf.write(stems / "t" / "vocals.flac", audio, SR, subtype="PCM_16")
     sf.write(stems / "t" / "accompaniment.flac", 0.5 * audio[::-1], SR, subtype="PCM_16")
     table = pa.Table.from_pylist([{"track_id": "t", "release": "R", "path": "R/t.mp3", "vocals_path": "t/vocals.flac",
-                                   "accompaniment_path": "t/accompaniment.flac"}])  # fmt: skip
+                                   "accompaniment_path": "t/accompaniment.flac", "stems": STEMS}])  # fmt: skip
     off = segment_release(table, stems, tmp_path / "off", "R", SegmentParams(join_regions=False))
     assert off.segments.num_rows == 0 and off.rejected.column("reason").to_pylist() == ["no_segments"]
 
@@ -200,7 +201,8 @@ def test_a_release_is_packed_into_shards_that_hold_exactly_the_clips(tmp_path):
         sf.write(folder / "vocals.flac", vocals, 44100, subtype="PCM_16")
         sf.write(folder / "accompaniment.flac", 0.1 * np.ones_like(vocals), 44100, subtype="PCM_16")
         rows.append({"track_id": f"t{i}", "release": "A/B", "path": f"A/B/{i}.mp3", "artist": "A", "album": "B",
-                     "vocals_path": f"t{i}/vocals.flac", "accompaniment_path": f"t{i}/accompaniment.flac"})  # fmt: skip
+                     "vocals_path": f"t{i}/vocals.flac", "accompaniment_path": f"t{i}/accompaniment.flac",
+                     "stems": STEMS})  # fmt: skip
     (stems / "t3" / "vocals.flac").write_bytes(b"not a flac any more")  # a damaged cache entry
     settings = SegmentParams(min_silence_ms=1000, shard_mb=1)  # 1 MiB: three 10 s clips per shard
     data = tmp_path / "data"
@@ -239,7 +241,7 @@ def test_new_clips_never_overwrite_the_files_the_current_table_points_to(tmp_pat
     sf.write(stems / "t" / "vocals.flac", vocals, 44100, subtype="PCM_16")
     sf.write(stems / "t" / "accompaniment.flac", vocals, 44100, subtype="PCM_16")
     table = pa.Table.from_pylist([{"track_id": "t", "release": "R", "path": "R/t.mp3", "vocals_path": "t/vocals.flac",
-                                   "accompaniment_path": "t/accompaniment.flac"}])  # fmt: skip
+                                   "accompaniment_path": "t/accompaniment.flac", "stems": STEMS}])  # fmt: skip
     files = lambda segments: set(segments.column("audio_file").to_pylist())  # noqa: E731
     first = segment_release(table, stems, data, "R", SegmentParams(min_silence_ms=1000)).segments
     # other parameters: new files beside the ones the current (first) table points to

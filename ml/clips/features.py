@@ -7,12 +7,16 @@ clips share its batch.
 
 The cache holds one float16 array per release and parameter set, memory-mappable::
 
-    <data>/features/<params hash[:12]>/<release file>.npy      (clips, n_mels, frames) float16
-    <data>/features/<params hash[:12]>/<release file>.ids.json  the segment id of each row
+    <data>/features/<params hash[:12]>/<release file>.<inputs>.npy      (clips, n_mels, frames) float16
+    <data>/features/<params hash[:12]>/<release file>.<inputs>.ids.json  the segment id of each row
 
-The array is written (atomically) before its index, so an index always describes a complete
-array. Unchanged parameters and segments mean nothing is recomputed; a changed feature parameter
-writes a new folder and leaves the segments alone.
+``<inputs>`` is a hash of the segment ids and of the stems each clip was cut from (the segments'
+``stems`` column: separation backend, checkpoint, precision; :func:`entry_name`): a segment id
+names a track, a start and the segmentation parameters, not the stems, so stems of another backend
+or checkpoint give the same ids and must still give new log-mels. The array is written
+(atomically) before its index, so an index always describes a complete array. Unchanged
+parameters, segments and stems mean nothing is recomputed; a changed feature parameter writes a
+new folder and leaves the segments alone.
 """
 
 from __future__ import annotations
@@ -117,10 +121,14 @@ def compute_log_mels(
     return out
 
 
-def entry_name(release_name: str, segment_ids: Sequence[str]) -> str:
-    """A release's cache entry: named after its segments, so new segments never overwrite the
-    array that the release's current `features` table points to."""
-    return f"{release_name}.{hashlib.sha256(json.dumps(list(segment_ids)).encode()).hexdigest()[:10]}"
+def entry_name(release_name: str, segment_ids: Sequence[str], stems: Sequence[str]) -> str:
+    """A release's cache entry: named after its segments and what made the stems each was cut from
+    (``stems``, the segments table's column), so other stems never reuse these log-mels and new
+    segments never overwrite the array that the release's current `features` table points to."""
+    if len(stems) != len(segment_ids):
+        raise ValueError(f"{release_name}: {len(stems)} stem identities for {len(segment_ids)} segments")
+    inputs = json.dumps([list(segment_ids), list(stems)])
+    return f"{release_name}.{hashlib.sha256(inputs.encode()).hexdigest()[:10]}"
 
 
 def cache_release_features(

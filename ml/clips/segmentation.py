@@ -21,7 +21,10 @@ the first sample taken, its end the last one, and ``length`` the samples of voic
 one clip's audio is ever copied at a time (no joined copy of the whole track).
 
 A segment's id is a uuid5 of (track id, start sample, segmentation parameters), so it is stable
-across runs and changes when the parameters do. Clips of one release are packed into one array
+across runs and changes when the parameters do. It does not name the stems the clip was cut from:
+the ``stems`` column does (the separation backend, checkpoint and precision), and the packed files
+and every cache made from the clips (log-mels, embeddings) are keyed on it too, so stems of another
+backend or checkpoint never reuse features of the old ones. Clips of one release are packed into one array
 (int16 PCM, one row per clip, memory-mappable) indexed by the segment table, rather than one file
 per clip: file systems and DVC are slow with hundreds of thousands of small files.
 """
@@ -65,6 +68,7 @@ SEGMENTS_SCHEMA = pa.schema(
         pa.field("accompaniment_file", pa.string(), nullable=False),  # the same stretches of the accompaniment
         pa.field("audio_row", pa.int32(), nullable=False),  # row of this clip in both files
         pa.field("params_hash", pa.string(), nullable=False),
+        pa.field("stems", pa.string(), nullable=False),  # what made the stems it was cut from (StemCache.identity)
     ]
 )
 
@@ -271,17 +275,21 @@ def segment_release(
     ``<data_dir>/segments/<out_stem>.<inputs>.{vocals,accompaniment}.<shard>.npy``; a track without
     a single clip becomes a `rejected` row (stage `segments`).
 
-    ``<inputs>`` is a hash of the stems and parameters, so new clips never overwrite the files the
-    release's current table points to (``in_use``, relative to ``data_dir``): a run killed before
-    its table is written leaves the old table and its files intact. Other files of the release
-    (older generations, leftovers of killed runs) are removed."""
+    ``<inputs>`` is a hash of the stems (their files and ``stems`` identity) and parameters, so new
+    clips never overwrite the files the release's current table points to (``in_use``, relative to
+    ``data_dir``): a run killed before its table is written leaves the old table and its files intact.
+    Other files of the release (older generations, leftovers of killed runs) are removed."""
     from ml.audio import AudioDecodeError, load_audio, to_mono
     from ml.tables import REJECTED_SCHEMA, atomic_path, table_from_rows
 
+    if "stems" not in vocals.column_names:
+        raise ValueError(f"{out_stem}: the vocals table has no `stems` column (what made the stems; written by an "
+                         "older reconet): materialise `vocals` again")  # fmt: skip
     folder = data_dir / "segments"
     folder.mkdir(parents=True, exist_ok=True)
-    inputs = hashlib.sha256(json.dumps([settings.digest(), sorted(vocals.column("vocals_path").to_pylist()),
-                                        sorted(vocals.column("accompaniment_path").to_pylist())]).encode())  # fmt: skip
+    stem_files = sorted(zip(*(vocals.column(c).to_pylist() for c in ("vocals_path", "accompaniment_path", "stems")),
+                            strict=True))  # fmt: skip
+    inputs = hashlib.sha256(json.dumps([settings.digest(), stem_files]).encode())
     out_stem = f"{out_stem}.{inputs.hexdigest()[:10]}"
     keep = {data_dir / f for f in in_use}
     for old in folder.glob(f"{out_stem.rsplit('.', 1)[0]}.*.npy"):
@@ -352,6 +360,7 @@ def segment_release(
                     "accompaniment_file": accompaniment_file,
                     "audio_row": rows_in_shard + i,
                     "params_hash": digest,
+                    "stems": track["stems"],
                 }
             )
         rows_in_shard += len(clips)

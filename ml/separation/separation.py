@@ -55,6 +55,7 @@ VOCALS_SCHEMA = pa.schema(
         pa.field("vocal_active_fraction", pa.float64()),  # share of 100 ms frames with audible vocals
         pa.field("backend", pa.string(), nullable=False),
         pa.field("model_sha256", pa.string(), nullable=False),
+        pa.field("stems", pa.string(), nullable=False),  # what made the stems: StemCache.identity
     ]
 )
 
@@ -95,6 +96,15 @@ class Failure:
     track_id: str
     reason: str
     detail: str
+
+
+def stem_cache(root: Path, settings: SeparationParams, model_sha256: str, device: Any = "cpu") -> StemCache:
+    """The stem cache of ``settings.backend`` with checkpoint ``model_sha256``; float16 stems (the torch
+    backend on CUDA with ``half_precision``) have their own."""
+    import torch
+
+    half = settings.backend == "torch" and settings.half_precision and torch.device(device).type == "cuda"
+    return StemCache(root, settings.backend, model_sha256, half_precision=half)
 
 
 def checkpoint_sha256(model_dir: Path) -> str:
@@ -410,6 +420,7 @@ def assess(
                 "vocal_active_fraction": active,
                 "backend": cache.backend,
                 "model_sha256": cache.model_sha256,
+                "stems": cache.identity,
             }
         )
     return Assessment(table_from_rows(kept, VOCALS_SCHEMA), table_from_rows(rejected, REJECTED_SCHEMA))

@@ -2,13 +2,14 @@
 
 Layout under ``<data>/vocals/``::
 
-    <backend>-<model sha256[:12]>/<track_id[:2]>/<track_id>/
+    <backend>-<model sha256[:12]>[-fp16]/<track_id[:2]>/<track_id>/
         vocals.flac          44.1 kHz stereo, 16-bit FLAC
         accompaniment.flac   the rest of the mix (kept for remix augmentation)
         activity.npy         (2, frames) float32: vocal and mix RMS in dBFS per 100 ms frame
         meta.json            written last: the entry is complete exactly when this file exists
 
-A ``track_id`` is derived from the audio content, so the key is (audio hash, model, backend).
+A ``track_id`` is derived from the audio content, so the key is (audio hash, model, backend, and
+``-fp16`` when the torch backend ran in float16 on CUDA).
 An entry is built in a temporary folder beside its final place and renamed into place, so a
 killed run leaves no partial stem; :meth:`StemCache.clean_partial` removes what it left.
 
@@ -167,12 +168,20 @@ class StemWriter:
 
 
 class StemCache:
-    """Finished stems for one (backend, model): ``root/<backend>-<model[:12]>/<id[:2]>/<id>/``."""
+    """Finished stems for one (backend, model, precision): ``root/<backend>-<model[:12]>[-fp16]/<id[:2]>/<id>/``
+    (``-fp16``: separated in float16, which gives other stems than float32)."""
 
-    def __init__(self, root: str | Path, backend: str, model_sha256: str) -> None:
+    def __init__(self, root: str | Path, backend: str, model_sha256: str, half_precision: bool = False) -> None:
         self.backend = backend
         self.model_sha256 = model_sha256
-        self.directory = Path(root) / f"{backend}-{model_sha256[:12]}"
+        self.half_precision = half_precision
+        self.directory = Path(root) / f"{backend}-{model_sha256[:12]}{'-fp16' if half_precision else ''}"
+
+    @property
+    def identity(self) -> str:
+        """What made these stems (backend, whole checkpoint hash, precision): recorded with every
+        table and cache entry derived from them, so that other stems never pass for these."""
+        return f"{self.backend}-{self.model_sha256}{'-fp16' if self.half_precision else ''}"
 
     def entry_dir(self, track_id: str) -> Path:
         return self.directory / track_id[:2] / track_id
