@@ -24,13 +24,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 
-# Re-install only when the dependency list changed.
+# Re-install only when the dependency list (or the extras installed) changed. The dask extra is
+# installed for its test (tests/test_dask_executor.py: a run's steps on a local Dask cluster).
+EXTRAS=dev,dask
 stamp=.venv/.reconet-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$({ cat pyproject.toml; echo "$EXTRAS"; } | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing reconet and its dependencies into .venv (torch is large: minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi
 
