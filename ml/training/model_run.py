@@ -47,9 +47,10 @@ def with_features(segments: pa.Table, features: pa.Table) -> pa.Table:
     return joined.sort_by("segment_id")
 
 
-def split_rows_of(splits: pa.Table, segments: pa.Table, kind: str, which: str) -> pa.Table:
-    """The segments in side ``which`` (train, val, test) of split ``kind`` (first fold)."""
-    mask = pc.and_(pc.and_(pc.equal(splits.column("kind"), kind), pc.equal(splits.column("fold"), 0)),
+def split_rows_of(splits: pa.Table, segments: pa.Table, kind: str, which: str, fold: int = 0) -> pa.Table:
+    """The segments in side ``which`` (train, val, test) of fold ``fold`` of split ``kind`` (only
+    ``kfold`` has other folds than 0: ``ml/training/cross_validation.py``)."""
+    mask = pc.and_(pc.and_(pc.equal(splits.column("kind"), kind), pc.equal(splits.column("fold"), fold)),
                    pc.equal(splits.column("split"), which))  # fmt: skip
     ids = splits.filter(mask).column("segment_id")
     return segments.filter(pc.is_in(segments.column("segment_id"), ids))
@@ -87,9 +88,9 @@ def augmenters_for(params: dict[str, Any], sample_rate: int):
 
 def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_rows: pa.Table, segments: pa.Table,
                   features: pa.Table, tracking_uri: str, experiment: str, register: bool,
-                  logger: logging.Logger | Any = None, registered_model: str = "reconet-vocalist",
+                  logger: logging.Logger | Any = None, registered_model: str = "reconet-vocalist", fold: int = 0,
                   ) -> dict[str, Any]:  # fmt: skip
-    """Train the configured model on split ``kind`` (or resume it), log it to MLflow, register it
+    """Train the configured model on fold ``fold`` of split ``kind`` (or resume it), log it to MLflow, register it
     as a new version of ``registered_model`` when ``register``; returns what the asset reports.
     A run that already finished with the same configuration and data is not trained, logged or
     registered again: its recorded outcome is returned."""
@@ -101,8 +102,8 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
     settings = TrainParams.from_params(params)
     feature_params = FeatureParams.from_params(params)
     table = with_features(segments, features)
-    train_rows = split_rows_of(split_rows, table, kind, "train")
-    val_rows = split_rows_of(split_rows, table, kind, "val")
+    train_rows = split_rows_of(split_rows, table, kind, "train", fold)
+    val_rows = split_rows_of(split_rows, table, kind, "val", fold)
     classes = sorted(set(train_rows.column("artist").to_pylist()), key=str)
     val_rows = val_rows.filter(pc.is_in(val_rows.column("artist"), pa.array(classes, pa.string())))
     if len(classes) < 2 or val_rows.num_rows == 0:
@@ -110,7 +111,7 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
                          f"(has {len(classes)} artists, {val_rows.num_rows} validation clips; the `splits` "
                          "asset's metadata lists the artists left out and why)")  # fmt: skip
     version = data_version(pa.concat_tables([train_rows, val_rows]), feature_params)
-    digest = settings.digest({"data": version, "kind": kind, "features": feature_params.digest(),
+    digest = settings.digest({"data": version, "kind": kind, "fold": fold, "features": feature_params.digest(),
                               **run_identity(params, paths, settings)})[:12]  # fmt: skip
     run_dir = paths.data / "models" / kind / digest
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,15 +247,18 @@ def model_dir(paths: config.Paths, info: dict[str, Any]) -> Path:
     return recorded if recorded.is_absolute() else paths.data / recorded
 
 
-def load_trained(paths: config.Paths, kind: str) -> tuple[torch.nn.Module | None, dict[str, Any]]:
-    """The latest model trained on split ``kind``, from its safetensors weights (no pickle); an
-    embedding model has no network of its own (None: its back-end is in its folder)."""
+def load_trained(paths: config.Paths, kind: str, info: dict[str, Any] | None = None,
+                 ) -> tuple[torch.nn.Module | None, dict[str, Any]]:  # fmt: skip
+    """The model trained as ``info`` records (default: the latest one trained on split ``kind``), from
+    its safetensors weights (no pickle); an embedding model has no network of its own (None: its
+    back-end is in its folder)."""
     from safetensors.torch import load_file
 
-    current = paths.data / "models" / kind / "current.json"
-    if not current.exists():
-        raise FileNotFoundError(f"no model trained on the {kind} split yet ({current}): materialise `model` first")
-    info = json.loads(current.read_text(encoding="utf-8"))
+    if info is None:
+        current = paths.data / "models" / kind / "current.json"
+        if not current.exists():
+            raise FileNotFoundError(f"no model trained on the {kind} split yet ({current}): materialise `model` first")
+        info = json.loads(current.read_text(encoding="utf-8"))
     if is_embedding_model(info["model"]):
         return None, info
     model = build_model(info["model"], len(info["classes"]), info["n_mels"], info["model_options"])
@@ -328,28 +332,32 @@ def _champion_rule(paths: config.Paths, kind: str, splits: pa.Table, table: pa.T
 
 def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, splits: pa.Table, segments: pa.Table,
                      features: pa.Table, tracking_uri: str, logger: logging.Logger | Any = None,
-                     registered_model: str | None = None) -> Report:  # fmt: skip
-    """The ``kind`` model on its test set, logged to its MLflow run and ``reports/``. A registered
+                     registered_model: str | None = None, fold: int = 0, trained: dict[str, Any] | None = None,
+                     ) -> Report:  # fmt: skip
+    """The ``kind`` model (``trained``, what :func:`train_and_log` returned for fold ``fold``; default:
+    the kind's latest) on its test set, logged to its MLflow run and ``reports/`` (a ``kfold`` fold
+    under ``kfold/fold<k>``). A registered
     version becomes the ``champion`` of ``registered_model`` unless the champion scored better on
     the same clips, the candidate's validation songs (``ml/training/champion.py``)."""
     import mlflow
 
     logger = logger or log
-    model, info = load_trained(paths, kind)
+    model, info = load_trained(paths, kind, trained)
     device = device_from_params(params)
     if model is not None:
         model = model.to(device)
     table = with_features(segments, features)
-    test_rows = split_rows_of(splits, table, kind, "test")
+    test_rows = split_rows_of(splits, table, kind, "test", fold)
     test_rows = test_rows.filter(pc.is_in(test_rows.column("artist"), pa.array(info["classes"])))
     if test_rows.num_rows == 0:
         raise ValueError(f"the {kind} split has no test clips")
     predictions = predictions_of(model, info, test_rows, params, paths, device, logger)
-    train_rows = split_rows_of(splits, table, kind, "train")
+    train_rows = split_rows_of(splits, table, kind, "train", fold)
     train_rows = train_rows.filter(pc.is_in(train_rows.column("artist"), pa.array(info["classes"])))
     open_set_metrics = open_set_figures(predictions_of(model, info, train_rows, params, paths, device, logger),
                                         predictions, params, model is None)  # fmt: skip
-    out_dir = paths.reports / "evaluation" / kind
+    report_name = f"{kind}/fold{fold}" if kind == "kfold" else kind  # its reports' folder, its metrics.json key
+    out_dir = paths.reports / "evaluation" / report_name
     report = evaluate(predictions, out_dir, f"{info['model']}, {kind} split")
     m = report.metrics
     m["open_set"] = open_set_metrics
@@ -371,7 +379,7 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
                                            summary["test_song_mean_probability_macro_f1"], logger)  # fmt: skip
             mlflow.set_tag("champion", str(m["champion"]["promoted"]).lower())
     entry = {"model": info["model"], "mlflow_run_id": info["run_id"], **{k: round(v, 4) for k, v in summary.items()}}
-    update_json(paths.reports / "metrics.json", lambda all_metrics: {**all_metrics, kind: entry})  # other kinds' too
+    update_json(paths.reports / "metrics.json", lambda all_metrics: {**all_metrics, report_name: entry})  # others' too
     logger.info(f"{kind} split: segment accuracy {m['segment']['accuracy']:.3f}, "
                 f"song accuracy {m['song_mean_probability']['accuracy']:.3f}, "
                 f"song macro-F1 {m['song_mean_probability']['macro_f1']:.3f}")  # fmt: skip

@@ -67,6 +67,9 @@ class TrainParams:
             raise ValueError("train.balance must be sampler, loss or none")
         if "split_kinds" in section:
             section["split_kinds"] = tuple(section["split_kinds"])
+        if section.get("split_kind") == "kfold":
+            raise ValueError("train.split_kind cannot be kfold: its folds cross-validate and are never registered "
+                             "(ml/training/cross_validation.py); choose song, album or segment")  # fmt: skip
         name = section.get("model", cls.model)
         section["model_options"] = dict(params.get("models", {}).get(name, {}))
         return cls(**section)
