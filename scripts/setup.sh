@@ -4,12 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(ffmpeg espeak-ng)
+# libchromaprint-tools: fpcalc, the Chromaprint anchor of benchmarks/song_id.py
+APT_PACKAGES=(ffmpeg espeak-ng libchromaprint-tools)
 PYTHON=${PYTHON:-python3.11}
 
 missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v fpcalc >/dev/null 2>&1 || missing+=(libchromaprint-tools)
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=""
