@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.resources import SKIP_MISSING_PARTITIONS, MlflowTracking, ReconetSettings
-from ml.training.splits import KINDS, SplitParams, split_segments, unfit_reason
+from ml.training.splits import KINDS, SplitParams, processed_clips, split_segments, unfit_reason
 from ml.training.training import TrainParams
 
 split_kinds = dg.StaticPartitionsDefinition(list(KINDS))
@@ -47,12 +47,24 @@ def splits(context: dg.AssetExecutionContext, settings: ReconetSettings, segment
     return table
 
 
-def _skip(context: dg.AssetExecutionContext, reason: str) -> None:
+def skip_split_kind(context: dg.AssetExecutionContext, reason: str) -> None:
     """Nothing to train or evaluate on this split kind: say why in the log, and as an observation of
     the asset (its metadata in the UI); the step yields no materialisation, so what follows skips."""
     context.log.warning(f"the {context.partition_key} split is skipped: {reason}")
     context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key,
                                           metadata={"skipped": reason}))  # fmt: skip
+
+
+def _processed(context: dg.AssetExecutionContext, splits: pa.Table, segments: pa.Table,
+               features: pa.Table) -> tuple[pa.Table, pa.Table]:  # fmt: skip
+    """The split rows and segments of the releases that are processed: a release still in flight
+    (or whose features step failed) is left out with a warning, and the retrain sensor trains again
+    once it is processed."""
+    splits, segments, left_out = processed_clips(splits, segments, features)
+    if left_out:
+        context.log.warning(f"clips of {len(left_out)} release(s) without log-mels yet (being processed, or failed: "
+                            f"see `rejected`) are left out: {left_out[:5]}")  # fmt: skip
+    return splits, segments
 
 
 class TrainConfig(dg.Config):
@@ -71,16 +83,31 @@ def model(context: dg.AssetExecutionContext, config: TrainConfig, settings: Reco
     """A vocalist classifier trained on one split kind (a partition), checkpointed every epoch
     (resumes after a kill) and recorded in MLflow; the primary kind's model (`train.split_kind`)
     becomes a new version of the registered model `reconet-vocalist`. A kind with fewer than two
-    eligible artists is skipped, with the reason in the log and the asset's metadata."""
+    eligible artists is skipped, with the reason in the log and the asset's metadata. The `kfold`
+    partition trains one model per fold, grouped under one MLflow parent run, none registered."""
     from ml.training.model_run import model_dir, train_and_log
 
+    splits, segments = _processed(context, splits, segments, features)
     if reason := unfit_reason(splits, context.partition_key):
-        return _skip(context, reason)
+        return skip_split_kind(context, reason)
     params, paths = settings.params(), settings.paths()
     overrides = {k: v for k, v in (("model", config.model), ("epochs", config.epochs)) if v}
     if overrides:
         params = {**params, "train": {**params.get("train", {}), **overrides}}
     kind = context.partition_key
+    if kind == "kfold":  # every fold, under one MLflow parent run, never registered
+        from ml.training.cross_validation import train_folds
+
+        record = train_folds(params, paths, splits, segments, features, mlflow_tracking.uri(paths.root),
+                             mlflow_tracking.experiment, logger=context.log)  # fmt: skip
+        folds = record["folds"]
+        yield dg.MaterializeResult(metadata={
+            "mlflow_parent_run_id": record["parent_run_id"], "model": record["model"], "folds": len(folds),
+            "fold_runs": dg.MetadataValue.json({str(f["fold"]): f["run_id"] for f in folds}),
+            "val_accuracy_by_fold": dg.MetadataValue.json({str(f["fold"]): f["val_accuracy"] for f in folds}),
+            "train_seconds": round(sum(f["seconds"] for f in folds), 1),
+        })  # fmt: skip
+        return
     outcome = train_and_log(
         params, paths, kind, splits, segments, features, mlflow_tracking.uri(paths.root), mlflow_tracking.experiment,
         register=kind == TrainParams.from_params(params).split_kind, logger=context.log,
@@ -103,15 +130,32 @@ def evaluation(context: dg.AssetExecutionContext, settings: ReconetSettings, mlf
                splits: pa.Table, segments: pa.Table, features: pa.Table) -> Iterator[dg.MaterializeResult]:  # fmt: skip
     """The split kind's model on its test set, at segment and song level: accuracy, macro and
     weighted P/R/F1, one-vs-all table, confusion matrix, top-K curve, t-SNE, errors by genre.
-    Written to `reports/evaluation/<kind>/` and `reports/metrics.json`, logged to the MLflow run."""
+    Written to `reports/evaluation/<kind>/` and `reports/metrics.json`, logged to the MLflow run.
+    The `kfold` partition evaluates every fold's model on that fold's test songs and reports the
+    mean ± standard deviation over the folds (`reports/evaluation/kfold/cross_validation.json`)."""
     import base64
 
     from ml.training.model_run import evaluate_and_log
 
+    splits, segments = _processed(context, splits, segments, features)
     if reason := unfit_reason(splits, context.partition_key):
-        return _skip(context, reason)
+        return skip_split_kind(context, reason)
     params, paths = settings.params(), settings.paths()
     kind = context.partition_key
+    if kind == "kfold":  # every fold on its own test songs; the mean ± standard deviation over the folds
+        from ml.training.cross_validation import evaluate_folds
+
+        result = evaluate_folds(params, paths, splits, segments, features, mlflow_tracking.uri(paths.root),
+                                logger=context.log)  # fmt: skip
+        summary = result["summary"]
+        yield dg.MaterializeResult(metadata={
+            **{f"{name}_{stat}": value for name, stats in summary.items() for stat, value in stats.items()},
+            "mlflow_parent_run_id": result["mlflow_parent_run_id"], "folds": len(result["folds"]),
+            "by_fold": dg.MetadataValue.json(result["folds"]),
+            "cross_validation": dg.MetadataValue.md("| metric | mean ± std |\n|---|---|\n" + "\n".join(
+                f"| {name} | {s['mean']:.3f} ± {s['std']:.3f} |" for name, s in summary.items())),
+        })  # fmt: skip
+        return
     report = evaluate_and_log(params, paths, kind, splits, segments, features, mlflow_tracking.uri(paths.root),
                               logger=context.log, registered_model=mlflow_tracking.registered_model)  # fmt: skip
     m = report.metrics

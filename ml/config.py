@@ -4,7 +4,8 @@ Every path reconet reads or writes is derived here from three inputs:
 
 * ``RECONET_PROJECT_ROOT`` (default: the folder holding ``params.yaml`` above this file),
 * ``RECONET_DATA_DIR`` (default: ``<root>/data``) for tables and audio artefacts,
-* ``RECONET_LIBRARY`` (default: ``library.path`` in params.yaml) for the input music.
+* ``RECONET_LIBRARY`` (default: ``library.path`` in params.yaml) for the input music,
+* ``RECONET_INBOX`` (default: ``identify.inbox`` in params.yaml) for recordings to identify.
 
 Reports (plots, summaries, metrics) go to ``RECONET_REPORTS_DIR`` (default ``<root>/reports``).
 """
@@ -76,6 +77,7 @@ class Paths:
     reports: Path
     library: Path
     library_is_default_demo: bool
+    inbox: Path  # recordings dropped here are identified by the champion model (the inbox sensor)
 
     @cached_property
     def tables(self) -> Path:
@@ -139,4 +141,5 @@ def paths(params: dict[str, Any] | None = None, library: str | os.PathLike | Non
         reports=_resolve(root, os.environ.get("RECONET_REPORTS_DIR", "reports")),
         library=library,
         library_is_default_demo=library == _resolve(root, DEFAULT_DEMO_LIBRARY),
+        inbox=_resolve(root, os.environ.get("RECONET_INBOX") or params.get("identify", {}).get("inbox", "data/inbox")),
     )

@@ -15,8 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ml import config
-from ml.catalogue.demo_library import SIZES, generate_demo_library
-from pipeline.instance import DAGSTER_YAML
+from ml.catalogue.demo_library import SIZES
 
 console = Console(stderr=True)
 
@@ -40,6 +39,8 @@ def make_demo_library(directory: Path, size: str, seed: int = 0) -> dict:
         def on_progress(done: int, total: int, path: str) -> None:
             progress.update(task, completed=done, total=total, description=f"demo library: {path[:48]}")
 
+        from ml.catalogue.demo_library import generate_demo_library
+
         manifest = generate_demo_library(directory, size=size, seed=seed, on_progress=on_progress)
     n_files = len(manifest["files"])
     console.print(f"demo library ({size}): {n_files} files in {directory} ({time.perf_counter() - started:.1f} s)")
@@ -51,6 +52,8 @@ def prepare_dagster_home(paths: config.Paths) -> Path:
     home = paths.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
+        from pipeline.instance import DAGSTER_YAML
+
         (home / "dagster.yaml").write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
@@ -81,10 +84,12 @@ STAGES: dict[str, tuple[Phase, ...]] = {
     "vocals": (Phase("vocals_job", "releases"),),
     "segments": (Phase("segments_job", "releases", ("segments",)),),
     "features": (Phase("segments_job", "releases", ("features",)),),
+    "song_index": (Phase("song_index_job", "releases"),),
     "report": (Phase("report_job"),),
     "splits": (Phase("splits_job"),),
     "model": (Phase("training_job", "split_kinds", ("model",)),),
     "evaluation": (Phase("training_job", "split_kinds", ("evaluation",)),),
+    "predictions": (Phase("training_job", "split_kinds", ("predictions",)),),
 }
 
 
@@ -304,18 +309,19 @@ def enrol(artist: str, files: list[Path], kind: str | None) -> int:
     return 0
 
 
-def identify(files: list[Path], model: str | None, top_k: int, as_json: bool) -> int:
+def identify(files: list[Path], model: str | None, top_k: int | None, as_json: bool) -> int:
     """Who sings each file (ml/identification/identify.py): 0 all answered, 1 a file could not be
     identified (its error is shown, the others still run), 2 no model (raised to main)."""
     import json
     import logging
 
     from ml.identification.bundle import load_bundle
-    from ml.identification.identify import result_text
+    from ml.identification.identify import result_text, top_k_of
 
     quiet = logging.getLogger("reconet.identify")  # a file's failure is in its result, not logged twice
     quiet.setLevel(logging.ERROR)
     bundle = _with_model(model, load_bundle)
+    top_k = top_k or top_k_of(config.load_params())
     results = []
     with _progress() as progress:
         for path in files:
@@ -328,6 +334,25 @@ def identify(files: list[Path], model: str | None, top_k: int, as_json: bool) ->
             progress.remove_task(task)
             if not as_json:
                 print(result_text(results[-1]), flush=True)
+    if as_json:
+        print(json.dumps(results, indent=1))
+    return 1 if any(r["status"] == "error" for r in results) else 0
+
+
+def identify_songs(files: list[Path], as_json: bool) -> int:
+    """Which library song each excerpt comes from (ml/identification/song_id.py): 0 all answered
+    ("not in the library" is an answer), 1 a file could not be read, 2 no song index (raised to main)."""
+    import json
+
+    from ml.identification.song_id import SongIndex, identify_song, index_folder, song_result_text
+
+    folder = index_folder(config.paths())
+    index = SongIndex(folder, autoencoder=folder / "autoencoder.safetensors")
+    results = []
+    for path in files:
+        results.append(identify_song(index, path, str(path)))
+        if not as_json:
+            print(song_result_text(results[-1]), flush=True)
     if as_json:
         print(json.dumps(results, indent=1))
     return 1 if any(r["status"] == "error" for r in results) else 0
@@ -374,8 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     identify_parser.add_argument("files", nargs="+", type=Path, help="recordings (any format the catalogue reads)")
     identify_parser.add_argument("--model", help="a model URI (models:/..., runs:/...) or folder (default: the "
                                  "registry's reconet-vocalist@champion)")  # fmt: skip
-    identify_parser.add_argument("--top-k", type=int, default=5, help="singers to list (default 5)")
+    identify_parser.add_argument("--top-k", type=int, default=None, help="singers to list (default: identify.top_k, 5)")
     identify_parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    identify_parser.add_argument("--song", action="store_true", help="which library song each excerpt comes from, "
+                                 "at which offset, and its genre (the song index) instead of who sings")  # fmt: skip
     serve_parser = sub.add_parser("serve", help="identification over HTTP with a web page (127.0.0.1 by default)")
     serve_parser.add_argument("--model", help="a model URI or folder (default: reconet-vocalist@champion)")
     serve_parser.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1)")
@@ -396,8 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "enrol":
             return enrol(args.artist, args.files, args.kind)
         if args.command == "identify":
-            if args.top_k < 1:
+            if args.top_k is not None and args.top_k < 1:
                 parser.error("--top-k must be at least 1")
+            if args.song:
+                return identify_songs(args.files, args.json)
             return identify(args.files, args.model, args.top_k, args.json)
         if args.command == "serve":
             return serve(args.model, args.host, args.port)

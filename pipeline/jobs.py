@@ -3,10 +3,12 @@
 import dagster as dg
 
 from assets.catalogue import clean_tracks, rejected, tracks
+from assets.identification import inbox_identification, predictions
 from assets.metadata_eda import metadata_eda
 from assets.partitions import sync_release_partitions
 from assets.resources import ReconetSettings
 from assets.segments import features, segments
+from assets.song_index import song_index
 from assets.training import evaluation, model, splits
 from assets.vocals import vocals
 from ml.catalogue.rejected import clear_failure, record_failure
@@ -24,6 +26,9 @@ def register_releases(context: dg.OpExecutionContext, settings: ReconetSettings)
         context.log.info(f"  - {key}")
 
 
+FAILURE_TAG = "reconet/failure"  # on a release's failed run: which step failed, and why
+
+
 def _release(context: dg.HookContext) -> str | None:
     run = context.instance.get_run_by_id(context.run_id)
     return run.tags.get("dagster/partition") if run else None
@@ -32,12 +37,14 @@ def _release(context: dg.HookContext) -> str | None:
 @dg.failure_hook(required_resource_keys={"settings"})
 def record_release_failure(context: dg.HookContext) -> None:
     """A step of a release's run failed: list the release in `rejected` (reason `release_failed`)
-    so the catalogue-wide assets, which run on the other releases, show it."""
+    so the catalogue-wide assets, which run on the other releases, show it; the run's tag
+    `reconet/failure` says why (the UI's run list and run page show it)."""
     if release := _release(context):
         error = context.op_exception
         message = (str(error).strip().splitlines() or [""])[-1] if error else "see the run's log"
-        record_failure(context.resources.settings.paths().rejected, context.op.name, release,
-                       f"{type(error).__name__ if error else 'error'}: {message}")  # fmt: skip
+        reason = f"{type(error).__name__ if error else 'error'}: {message}"
+        record_failure(context.resources.settings.paths().rejected, context.op.name, release, reason)
+        context.instance.add_run_tags(context.run_id, {FAILURE_TAG: f"{context.op.name}: {reason}"[:250]})
 
 
 @dg.success_hook(required_resource_keys={"settings"})
@@ -80,6 +87,13 @@ segments_job = dg.define_asset_job(
     description="Cut one release's vocals into clips and cache their log-mels.", hooks=RELEASE_HOOKS,
 )  # fmt: skip
 
+# The song index's entries of one release (its mixes' excerpt embeddings), merged into the query view.
+song_index_job = dg.define_asset_job(
+    "song_index_job", selection=dg.AssetSelection.assets(song_index),
+    description="Index one release's songs for song re-identification (reconet identify --song).",
+    hooks=RELEASE_HOOKS,
+)  # fmt: skip
+
 # Everything left out, by every stage, and the catalogue's EDA.
 report_job = dg.define_asset_job(
     "report_job", selection=dg.AssetSelection.assets(rejected, metadata_eda),
@@ -93,21 +107,30 @@ splits_job = dg.define_asset_job(
 
 # Train and evaluate the model of one split kind (a partition: song, album, segment, kfold).
 training_job = dg.define_asset_job(
-    "training_job", selection=dg.AssetSelection.assets(model, evaluation),
-    description="Train a vocalist classifier on one split kind, evaluate it, record both in MLflow.",
+    "training_job", selection=dg.AssetSelection.assets(model, evaluation, predictions),
+    description="Train a vocalist classifier on one split kind, evaluate it, record both in MLflow, identify "
+    "every test song.",
+)  # fmt: skip
+
+# A recording dropped in the inbox (a partition per file), identified by the champion model.
+inbox_job = dg.define_asset_job(
+    "inbox_job", selection=dg.AssetSelection.assets(inbox_identification),
+    description="Identify one recording of the inbox with the champion model; the result goes beside it.",
 )  # fmt: skip
 
 # The main job runs these in order; True marks a per-release job (run for each partition).
 MAIN_JOB_PHASES: tuple[tuple[str, bool], ...] = (
     ("release_job", True), ("catalogue_job", False), ("vocals_job", True), ("segments_job", True),
-    ("report_job", False), ("splits_job", False),
+    ("song_index_job", True), ("report_job", False), ("splits_job", False),
 )  # fmt: skip
 
 # What the new-release sensor runs for one release: read it, clean the catalogue again (duplicates
-# span releases), then separate, cut and featurise that release only.
+# span releases), then separate, cut and featurise that release only, and index its songs.
 process_release_job = dg.define_asset_job(
-    "process_release_job", selection=dg.AssetSelection.assets(tracks, clean_tracks, vocals, segments, features),
-    description="Process one new or changed release: read, clean the catalogue, separate, segment, log-mels.",
+    "process_release_job",
+    selection=dg.AssetSelection.assets(tracks, clean_tracks, vocals, segments, features, song_index),
+    description="Process one new or changed release: read, clean the catalogue, separate, segment, log-mels, "
+    "song index.",
     tags=WRITES_CLEAN_TRACKS, hooks=RELEASE_HOOKS,
 )  # fmt: skip
 

@@ -38,12 +38,21 @@ STEP_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "model": (("features", "train", "models", "augment", "open_set"),
               ("ml/training/training.py", "ml/clips/loader.py", "ml/clips/augment", "ml/models",
                "ml/training/model_run.py", "ml/training/embedding_run.py", "ml/identification",
-               "ml/clips/features.py", "ml/clips/segmentation.py", "ml/training/tracking.py", "assets/training.py")),
+               "ml/clips/features.py", "ml/clips/segmentation.py", "ml/training/tracking.py", "assets/training.py",
+               "ml/training/cross_validation.py")),
     "evaluation": (("features", "train", "models", "open_set"),
                    ("ml/training/evaluation.py", "ml/training/model_run.py", "ml/training/embedding_run.py",
                     "ml/identification", "ml/models", "ml/clips/loader.py", "ml/clips/features.py",
-                    "ml/clips/segmentation.py", "ml/training/tracking.py", "assets/training.py")),
+                    "ml/clips/segmentation.py", "ml/training/tracking.py", "assets/training.py",
+                    "ml/training/cross_validation.py")),
+    "song_index": (("song_index",),
+                   ("ml/identification/song_id.py", "ml/models/song_autoencoder.py", "ml/models/classical.py",
+                    "ml/clips/features.py", "ml/clips/augment", "ml/audio.py", "assets/song_index.py")),
+    "predictions": (("identify", "open_set"),
+                    ("ml/identification", "ml/training/model_run.py", "ml/training/embedding_run.py", "ml/models",
+                     "ml/clips/features.py", "ml/clips/segmentation.py", "assets/identification.py")),
 }  # fmt: skip
+# (inbox_identification is not here: it answers a recording once, with the champion of the day)
 
 # params.yaml keys that change how fast a step runs, not what it makes (dvc.yaml leaves them out too)
 SPEED_ONLY_KEYS: dict[str, tuple[str, ...]] = {
@@ -52,7 +61,7 @@ SPEED_ONLY_KEYS: dict[str, tuple[str, ...]] = {
     "features": ("batch_size",),
 }
 
-PER_RELEASE = ("tracks", "vocals", "segments", "features")
+PER_RELEASE = ("tracks", "vocals", "segments", "features", "song_index")
 
 
 def _files(root: Path, relative: str) -> list[Path]:
@@ -79,10 +88,13 @@ def step_version(asset: str, params: dict[str, Any], root: Path | None = None) -
 
 def with_step_versions(assets: list[dg.AssetsDefinition], params: dict[str, Any]) -> list[dg.AssetsDefinition]:
     """The assets with their step version as Dagster ``code_version`` (shown in the UI, recorded
-    on every materialisation)."""
-    return dg.map_asset_specs(
-        lambda spec: spec.replace_attributes(code_version=step_version(spec.key.to_user_string(), params)), assets
-    )
+    on every materialisation); an asset without ``STEP_INPUTS`` is left as it is."""
+
+    def versioned(spec: dg.AssetSpec) -> dg.AssetSpec:
+        name = spec.key.to_user_string()
+        return spec.replace_attributes(code_version=step_version(name, params)) if name in STEP_INPUTS else spec
+
+    return dg.map_asset_specs(versioned, assets)
 
 
 def _recorded_versions(instance: dg.DagsterInstance, asset: str, partitions: list[str] | None) -> dict:
@@ -105,7 +117,8 @@ def stale_outputs(instance: dg.DagsterInstance, params: dict[str, Any]) -> dict[
     kinds = list(TrainParams.from_params(params).split_kinds)
     stale: dict[str, list[str | None]] = {}
     for asset in STEP_INPUTS:
-        partitions = keys if asset in PER_RELEASE else kinds if asset in ("model", "evaluation") else None
+        per_kind = asset in ("model", "evaluation", "predictions")
+        partitions = keys if asset in PER_RELEASE else kinds if per_kind else None
         now = step_version(asset, params)
         recorded = _recorded_versions(instance, asset, partitions)
         outdated = [p for p in (partitions or [None]) if recorded.get(p) != now]
@@ -127,6 +140,6 @@ def reprocess_requests(stale: dict[str, list[str | None]], keys: list[str]) -> l
                 for k in releases_to_run]  # fmt: skip
     if any(a in stale for a in ("rejected", "metadata_eda", "splits")):
         return [dg.RunRequest(job_name=refresh_job.name, tags={"reconet/trigger": "stale"})]
-    kinds = sorted({p for a in ("model", "evaluation") for p in stale.get(a, []) if p is not None})
+    kinds = sorted({p for a in ("model", "evaluation", "predictions") for p in stale.get(a, []) if p is not None})
     return [dg.RunRequest(job_name=training_job.name, partition_key=k, tags={"reconet/trigger": "stale"})
             for k in kinds]  # fmt: skip

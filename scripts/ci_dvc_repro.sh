@@ -4,7 +4,7 @@
 #   1. a first `dvc repro` runs every stage;
 #   2. a second `dvc repro` runs none (`dvc status` is clean);
 #   3. after one feature parameter changes (features.hop_length), `dvc repro` runs exactly
-#      features, model and evaluation; a second `dvc repro` started meanwhile is refused (DVC's lock);
+#      features, model, evaluation and predictions; a second `dvc repro` started meanwhile is refused (DVC's lock);
 #   4. `dvc push` to the default local remote, then `dvc pull` into an emptied workspace and cache,
 #      gives back every output (`dvc status` clean again).
 #
@@ -101,7 +101,7 @@ same "stages skipped by the second dvc repro" "$(printf '%s\n' "${stages[@]}" | 
 grep -q "Data and pipelines are up to date" "$scratch/repro2.log" || fail "the second dvc repro did not say it was up to date"
 status_clean "after the second dvc repro"
 
-step "features.hop_length 512 -> 1024: dvc repro runs features, model and evaluation only"
+step "features.hop_length 512 -> 1024: dvc repro runs features, model, evaluation and predictions only"
 set_params features.hop_length=1024
 changed=$(dvc status --json)
 echo "dvc status: $changed"
@@ -125,9 +125,9 @@ grep -Eq "is busy, it is being blocked by|Unable to acquire lock" "$scratch/conc
   fail "the concurrent dvc repro failed for another reason than the lock"
 wait "$repro" || { cat "$scratch/repro3.log"; fail "dvc repro after the feature change failed"; }
 cat "$scratch/repro3.log"
-same "stages run after the feature change" "$(printf '%s\n' evaluation features model)" "$(ran "$scratch/repro3.log")"
+same "stages run after the feature change" "$(printf '%s\n' evaluation features model predictions)" "$(ran "$scratch/repro3.log")"
 same "stages skipped after the feature change" \
-  "$(printf '%s\n' "${stages[@]}" | grep -vxE 'features|model|evaluation' | sort)" "$(skipped "$scratch/repro3.log")"
+  "$(printf '%s\n' "${stages[@]}" | grep -vxE 'features|model|evaluation|predictions' | sort)" "$(skipped "$scratch/repro3.log")"
 status_clean "after the feature change"
 
 step "dvc push to the default remote; dvc pull into an empty workspace and cache"

@@ -120,6 +120,77 @@ def test_identify_without_a_model_exits_2(project_env, tmp_path, capsys, monkeyp
     assert _identify(capsys, project_env["files"]["same_singer"])[0] == 2  # no champion in an empty registry
 
 
+def test_the_inbox_sensor_identifies_settled_recordings_once_with_the_champion(project_env, tmp_path, monkeypatch):
+    """A recording copied into the inbox is identified once it has settled, by the champion, with
+    its result written beside it and its materialisation in the instance; a non-audio file is left
+    alone, a corrupt one is answered with its reason (not a failed run); a changed file is
+    identified again, a removed one loses its partition."""
+    import shutil
+
+    import dagster as dg
+    import yaml
+
+    from assets.identification import inbox_identification, inbox_recordings
+    from assets.resources import MlflowTracking, ReconetSettings
+    from pipeline.sensors import inbox_sensor
+
+    files, inbox = project_env["files"], tmp_path / "inbox"
+    params = config.load_params()
+    params["orchestration"] = {**params["orchestration"], "settle_s": 0}
+    params["identify"] = {**params["identify"], "inbox": str(inbox)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("RECONET_PARAMS", str(tmp_path / "params.yaml"))
+    resources = {"settings": ReconetSettings(), "mlflow_tracking": MlflowTracking()}
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor):
+        result = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+        for request in result.dynamic_partitions_requests:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+        return result
+
+    skipped = lambda result: result.skip_reason.skip_message if result.skip_reason else ""  # noqa: E731
+    assert "no inbox folder" in skipped(tick(None))
+    (inbox / "live").mkdir(parents=True)
+    shutil.copy(files["same_singer"], inbox / "live" / "song one.flac")
+    shutil.copy(files["corrupt"], inbox / "broken.mp3")
+    shutil.copy(files["text"], inbox / "notes.txt")
+    first = tick(None)  # seen once: a copy may still be in progress
+    assert not first.run_requests and "2 recording(s) in the inbox, 2 settling" in skipped(first)
+    second = tick(first.cursor)
+    assert sorted(r.partition_key for r in second.run_requests) == ["broken.mp3", "live/song one.flac"]
+    assert sorted(instance.get_dynamic_partitions(inbox_recordings.name)) == ["broken.mp3", "live/song one.flac"]
+    for request in second.run_requests:
+        done = dg.materialize([inbox_identification], partition_key=request.partition_key, instance=instance,
+                              resources=resources)  # fmt: skip
+        assert done.success
+    song = json.loads((inbox / "live" / "song one.flac.reconet.json").read_text())
+    assert song["status"] == "ok" and song["singer"] == "Demo Singer" and song["file"] == "live/song one.flac"
+    assert song["model"] == "models:/reconet-vocalist@champion" and len(song["timeline"]) == song["clips"] >= 2
+    broken = json.loads((inbox / "broken.mp3.reconet.json").read_text())
+    assert broken["status"] == "error" and "broken.mp3" in broken["error"]
+    event = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("inbox_identification"), asset_partitions=["live/song one.flac"]), limit=1).records[0]
+    metadata = event.asset_materialization.metadata
+    assert metadata["singer"].value == "Demo Singer" and "Demo Singer" in metadata["timeline"].value
+
+    third = tick(second.cursor)  # nothing new: no second run for the same content (its JSON is not audio)
+    assert not third.run_requests and "0 settling" in skipped(third)
+    with open(inbox / "live" / "song one.flac", "ab") as f:  # changed: identified again once settled
+        f.write(b"\0")
+    changed = tick(third.cursor)
+    assert not changed.run_requests  # it settles first
+    fourth = tick(changed.cursor)
+    assert [r.partition_key for r in fourth.run_requests] == ["live/song one.flac"]
+    (inbox / "broken.mp3").unlink()
+    tick(fourth.cursor)
+    assert instance.get_dynamic_partitions(inbox_recordings.name) == ["live/song one.flac"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ import torch
 
 from ml import config
 from ml.catalogue.demo_library import MAJOR, SR, VOCALISTS, WORDS, render_backing, sing_phrase
+from ml.device import cpu_bf16_flags
 from ml.separation.separation import SeparationInput, SeparationParams, assess, separate_with_torch
 from ml.separation.stems import StemCache
 
@@ -38,7 +39,9 @@ def quiet_song(seconds: float, vocal_db: float | None, seed: int = 3, voice: int
     return (mix * 0.89 / np.max(np.abs(mix))).astype(np.float32)
 
 
-def test_quiet_vocals_are_kept_and_a_backing_alone_is_instrumental(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
+    not cpu_bf16_flags(), reason="this CPU has no bfloat16 units: auto separates in float32 here"))])  # fmt: skip
+def test_quiet_vocals_are_kept_and_a_backing_alone_is_instrumental(tmp_path, precision):
     weights = config.paths().spleeter_weights
     assert weights.is_file(), f"{weights} is missing: `make setup` converts the official weights"
     inputs = {
@@ -48,7 +51,7 @@ def test_quiet_vocals_are_kept_and_a_backing_alone_is_instrumental(tmp_path):
     }
     for name, audio in inputs.items():
         sf.write(tmp_path / f"{name}.flac", audio, SR, subtype="PCM_16")
-    cache = StemCache(tmp_path / "stems", "torch", "0" * 64)
+    cache = StemCache(tmp_path / "stems", "torch", "0" * 64, precision=precision)  # the same verdicts in both
     todo = [SeparationInput(name, tmp_path / f"{name}.flac") for name in inputs]
     settings = SeparationParams.from_params(config.load_params())  # the project's rule, as the pipeline runs it
     assert separate_with_torch(todo, cache, weights, CPU, settings) == []

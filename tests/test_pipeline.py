@@ -103,6 +103,24 @@ def test_main_job_catalogues_the_demo_library(small_library, project_dirs):
     assert "test_segment_accuracy" in run.data.metrics
     assert client.get_registered_model("reconet-vocalist").latest_versions
     assert (project_dirs["reports"] / "evaluation" / "song" / "confusion.png").exists()
+    # predictions: every test song of the song split, answered as `reconet identify` answers
+    import pyarrow.compute as pc
+
+    from assets.resources import table_path
+
+    splits = read_table(data / "tables" / "splits.parquet")
+    in_test = pc.and_(pc.equal(splits.column("kind"), "song"), pc.equal(splits.column("split"), "test"))
+    song_split = splits.filter(in_test)
+    classes = set(json.loads(run.data.params["classes"]))
+    artist_of = dict(zip(segments.column("track_id").to_pylist(), segments.column("artist").to_pylist(), strict=True))
+    test_songs = {t for t in song_split.column("track_id").to_pylist() if artist_of[t] in classes}
+    answers = read_table(table_path(data / "tables", "predictions", "song")).to_pylist()
+    assert {r["track_id"] for r in answers} == test_songs and len(answers) == len(test_songs)
+    for r in answers:
+        assert r["truth"] == artist_of[r["track_id"]] and r["correct"] == (r["singer"] == r["truth"])
+        assert r["top_k_probabilities"] == sorted(r["top_k_probabilities"], reverse=True)
+        assert (r["truth"] in r["top_k"]) == (r["truth_rank"] <= len(r["top_k"]))
+    assert sum(r["correct"] for r in answers) / len(answers) >= 2 / len(classes)  # twice chance
     hostile = next(r for r in kept.to_pylist() if r["title"] == "../../etc/passwd")
     assert hostile["album"] == "..\\..\\Windows\\System32"
     assert _snapshot(library) == before  # the library is read, never written
@@ -224,6 +242,10 @@ def test_a_failed_release_leaves_the_catalogue_wide_assets_to_the_others(small_l
         phases = _main_phases()[: len(MAIN_JOB_PHASES)]  # up to the splits: training is not the point here
         failed = run_phases(instance, phases, instance.get_dynamic_partitions(releases.name), [])
         assert list(failed) == ["Gone Artist/Lost Album"] and "release_job failed" in failed["Gone Artist/Lost Album"]
+        (run,) = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "Gone Artist/Lost Album"}))
+        assert run.status == dg.DagsterRunStatus.FAILURE  # the UI's run list shows why, as a tag
+        why = run.tags["reconet/failure"]
+        assert why.startswith("tracks: ") and "no longer in the library" in why, why
         good = set(instance.get_dynamic_partitions(releases.name)) - set(failed)
         assert instance.get_materialized_partitions(dg.AssetKey("features")) == good  # the others went on
         for asset in ("clean_tracks", "rejected", "metadata_eda", "splits"):  # the catalogue-wide assets ran
@@ -248,3 +270,47 @@ def test_a_failed_release_leaves_the_catalogue_wide_assets_to_the_others(small_l
                                                                         partition_key="Gone Artist/Lost Album")
         assert result.success
     assert failed_releases(paths.rejected) == set()
+
+
+def test_stems_of_another_separation_give_the_next_runs_new_features(project_dirs, tmp_path, monkeypatch):
+    """The segments and features assets, run through Dagster on stems that a separation backend wrote:
+    stems of another checkpoint or backend keep the segment ids and still get their own log-mels."""
+    from assets.resources import ParquetTableIOManager, ReconetSettings, table_path
+    from assets.segments import features, segments
+    from ml import config
+    from ml.separation.separation import VOCALS_SCHEMA
+    from ml.tables import write_table
+    from tests.test_features import _separated
+
+    monkeypatch.setenv("RECONET_STEMS_DIR", str(tmp_path / "stems"))
+    paths = config.paths()
+    release = "A/B"
+    # the `vocals` asset's table, written here instead of by a separation
+    vocals = dg.AssetSpec("vocals", partitions_def=releases).with_io_manager_key("table_io_manager")
+
+    def run(backend: str, sha: str, freq: float) -> tuple[dict, np.ndarray]:
+        write_table(_separated(paths.vocals, backend, sha, freq), table_path(paths.tables, "vocals", release),
+                    VOCALS_SCHEMA)  # fmt: skip
+        result = dg.materialize([vocals, segments, features], selection=[segments, features], partition_key=release,
+                                instance=instance, resources={"settings": ReconetSettings(),
+                                                              "table_io_manager": ParquetTableIOManager()})  # fmt: skip
+        assert result.success
+        (event,) = result.asset_materializations_for_node("features")
+        table = read_table(table_path(paths.tables, "features", release))
+        (file,) = set(table.column("feature_file").to_pylist())
+        return {k: v.value for k, v in event.metadata.items()}, np.array(np.load(paths.data / file))
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(releases.name, [release])
+        first, first_features = run("torch", "1" * 64, 220.0)
+        assert first["computed"] is True and first["clips"] == 3
+        again, _ = run("torch", "1" * 64, 220.0)  # the same stems: the cache
+        assert again["computed"] is False and again["file"] == first["file"]
+        ids = read_table(table_path(paths.tables, "segments", release)).column("segment_id")
+        for backend, sha, freq in (("torch", "2" * 64, 330.0), ("spleeter", "2" * 64, 440.0)):
+            other, other_features = run(backend, sha, freq)
+            segments_now = read_table(table_path(paths.tables, "segments", release))
+            assert segments_now.column("segment_id").equals(ids)  # the same clips by id...
+            assert other["computed"] is True and other["file"] != first["file"]  # ...get their own log-mels
+            assert set(segments_now.column("stems").to_pylist()) == {f"{backend}-{sha}"}  # (what they were cut from)
+            assert np.abs(other_features.astype(np.float32) - first_features.astype(np.float32)).max() > 10

@@ -1,4 +1,5 @@
-"""The two separation backends agree: official Spleeter (through Dagster Pipes) and the PyTorch port."""
+"""The two separation backends agree: official Spleeter (through Dagster Pipes) and the PyTorch port,
+in float32 and, where the CPU has bfloat16 units, in bfloat16 (``compute.precision``)."""
 
 import subprocess
 
@@ -10,6 +11,7 @@ import soundfile as sf
 from assets.partitions import sync_release_partitions
 from assets.resources import ReconetSettings
 from ml import config
+from ml.device import cpu_bf16_flags
 from pipeline.definitions import defs
 
 pytestmark = pytest.mark.slow
@@ -19,7 +21,7 @@ def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - estimate) ** 2)))
 
 
-def test_official_and_torch_backends_agree(small_library, project_dirs, tmp_path):
+def test_official_and_torch_backends_agree(small_library, project_dirs, tmp_path, monkeypatch):
     source, manifest = small_library
     song = next(f for f in manifest["files"] if f["case"] == "song" and f["path"].endswith(".mp3"))
     library = tmp_path / "library"
@@ -39,13 +41,18 @@ def test_official_and_torch_backends_agree(small_library, project_dirs, tmp_path
         assert run("release_job", partition_key=key).success
         assert run("catalogue_job").success
         results = {}
-        for backend in ("spleeter", "torch"):
+        runs = [("spleeter", "fp32"), ("torch", "fp32")] + ([("torch", "bf16")] if cpu_bf16_flags() else [])
+        for backend, precision in runs:
+            monkeypatch.setenv("RECONET_PRECISION", precision)
             config_ = {"ops": {"vocals": {"config": {"backend": backend}}}}
             result = run("vocals_job", partition_key=key, run_config=config_)
             assert result.success
             (row,) = result.output_for_node("vocals").to_pylist()
             assert row["backend"] == backend
-            results[backend] = {name: sf.read(stems / row[f"{name}_path"])[0] for name in ("vocals", "accompaniment")}
+            assert row["stems"].endswith("-bf16") == (precision == "bf16")  # bfloat16 stems are not float32 stems
+            results[backend if precision == "fp32" else f"{backend}-{precision}"] = {
+                name: sf.read(stems / row[f"{name}_path"])[0] for name in ("vocals", "accompaniment")
+            }
         logs = instance.all_logs(result.run_id)
         assert logs  # the torch run is on the persistent instance too
 
@@ -53,3 +60,7 @@ def test_official_and_torch_backends_agree(small_library, project_dirs, tmp_path
     assert official["vocals"].shape == port["vocals"].shape == (32 * 44100, 2)
     assert _snr_db(official["vocals"], port["vocals"]) >= 60  # about 80 dB: float32 math, 16-bit stems
     assert _snr_db(official["accompaniment"], port["accompaniment"]) >= 60
+    if "torch-bf16" in results:  # bfloat16 autocast: about 30 dB, as the issue measured
+        bf16 = results["torch-bf16"]
+        assert _snr_db(official["vocals"], bf16["vocals"]) >= 25
+        assert _snr_db(official["accompaniment"], bf16["accompaniment"]) >= 25

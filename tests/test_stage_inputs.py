@@ -15,10 +15,12 @@ STAGE_ASSETS = {
     "vocals": ("vocals",),
     "segments": ("segments",),
     "features": ("features",),
+    "song_index": ("song_index",),
     "report": ("rejected", "metadata_eda"),
     "splits": ("splits",),
     "model": ("model",),
     "evaluation": ("evaluation",),
+    "predictions": ("predictions",),
 }
 # code every stage reads through the table store and the partitions, listed in dvc.yaml only
 SHARED_CODE = {"ml/tables.py", "ml/config.py", "assets/partitions.py", "assets/resources.py", "ml/device.py",

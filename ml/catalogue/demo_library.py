@@ -36,7 +36,6 @@ from mutagen.id3 import ID3, TALB, TCON, TDRC, TIT2, TPE1, TPE2, TRCK
 from mutagen.mp4 import MP4
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
-from scipy import signal
 
 MANIFEST_NAME = ".reconet-demo.json"
 GENERATOR_VERSION = 1
@@ -201,6 +200,8 @@ def _envelope(n: int, attack_s: float, decay_s: float) -> np.ndarray:
 
 
 def _drum(kind: str, rng: np.random.Generator) -> np.ndarray:
+    from scipy import signal  # (imported here: the CLI imports this module for its size names)
+
     if kind == "kick":
         n = int(0.35 * SR)
         t = np.arange(n) / SR
@@ -275,6 +276,8 @@ def render_backing(style_name: str, duration_s: float, key: int, minor: bool, bp
 
 
 def _espeak(ssml: str, voice: Vocalist) -> np.ndarray:
+    from scipy import signal
+
     cmd = ["espeak-ng", "-m", "-v", voice.voice, "-p", str(voice.pitch), "-s", str(voice.rate), "--stdout", ssml]
     try:
         wav = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
@@ -286,6 +289,8 @@ def _espeak(ssml: str, voice: Vocalist) -> np.ndarray:
 
 def sing_phrase(words: list[str], melody: list[int], voice: Vocalist, rng: np.random.Generator) -> np.ndarray:
     """One phrase: each word at its melody note (semitones from the voice's base), with vibrato."""
+    from scipy import signal
+
     parts = [
         f'<prosody pitch="{(2 ** (semi / 12) - 1) * 100:+.0f}%">{word}</prosody>'
         for word, semi in zip(words, melody, strict=True)
@@ -551,6 +556,8 @@ def plan_library(size: str = "default", seed: int = 0) -> list[SongSpec]:
 
 def _derived_files(specs: list[SongSpec], root: Path) -> list[SongSpec]:
     """Copies and damaged files made from already-written songs (byte copies, re-encode, corruption)."""
+    from scipy import signal
+
     by_case = {s.case: s for s in specs}
     first = next(s for s in specs if s.case == "song" and s.fmt == "mp3")
     derived = []

@@ -15,11 +15,13 @@ EXECUTORS = ("multiprocess", "in_process", "celery", "dask", "k8s")
 @dataclass(frozen=True)
 class OrchestrationParams:
     sensor_interval_s: int = 30
+    retrain_interval_s: int = 60
     settle_s: float = 60.0
     reprocess_cron: str = "0 3 * * *"
     timezone: str = "UTC"
     executor: str = "multiprocess"
     max_concurrent: int = 0
+    dask_scheduler: str = ""  # executor dask: the scheduler's address; empty: a LocalCluster per run
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> OrchestrationParams:
@@ -27,8 +29,10 @@ class OrchestrationParams:
         settings = cls(**section)
         if settings.executor not in EXECUTORS:
             raise ValueError(f"orchestration.executor: {settings.executor!r}; choose from {EXECUTORS}")
-        if settings.sensor_interval_s < 1 or settings.settle_s < 0 or settings.max_concurrent < 0:
-            raise ValueError("orchestration: sensor_interval_s must be ≥ 1, settle_s and max_concurrent ≥ 0")
+        if min(settings.sensor_interval_s, settings.retrain_interval_s) < 1:
+            raise ValueError("orchestration: sensor_interval_s and retrain_interval_s must be ≥ 1")
+        if settings.settle_s < 0 or settings.max_concurrent < 0:
+            raise ValueError("orchestration: settle_s and max_concurrent must be ≥ 0")
         return settings
 
 

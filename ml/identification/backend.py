@@ -64,12 +64,18 @@ def is_embedding_model(name: str) -> bool:
 
 
 class ClipEmbedder:
-    """The fixed per-clip embedding of an embedding model: ``embed(audio (B, T) at 16 kHz) → (B, D)``."""
+    """The fixed per-clip embedding of an embedding model: ``embed(audio (B, T) at 16 kHz) → (B, D)``.
+    Its encoders (ECAPA, GE2E) compute in ``precision`` (``ml/device.py``; by default ``auto`` on
+    ``device``), the classical features in float32."""
 
-    def __init__(self, name: str, settings: BackendParams, device: torch.device, sample_rate: int = 16000) -> None:
+    def __init__(self, name: str, settings: BackendParams, device: torch.device, sample_rate: int = 16000,
+                 precision: torch.dtype | None = None) -> None:  # fmt: skip
+        from ml.device import pick_precision
+
         if sample_rate != 16000:
             raise ValueError(f"{name} embeds 16 kHz clips (segments.sample_rate is {sample_rate})")
         self.name, self.settings, self.device = name, settings, device
+        self.precision = precision or pick_precision(device)
         self.parts: list[tuple[str, torch.nn.Module]] = []
         if name in ("voice_embedding", "voice_fusion") and settings.encoder == "ecapa":
             from ml.models.ecapa_encoder import EcapaEncoder
@@ -89,17 +95,27 @@ class ClipEmbedder:
     @property
     def key(self) -> str:
         """Names the extractor and every option that changes its output (the cache's folder)."""
+        from ml.device import precision_name
+
         options = {"parts": [p for p, _ in self.parts], "v": _EXTRACTOR_VERSION}
         if any(p == "dvector" for p, _ in self.parts):
             options["partials_per_s"] = self.settings.partials_per_s
+        if self.precision != torch.float32 and any(p != "classical" for p, _ in self.parts):
+            options["precision"] = precision_name(self.precision)  # float32 embeddings keep their cache
         return "-".join(options["parts"]) + "-" + hashlib.sha256(json.dumps(options).encode()).hexdigest()[:10]
 
     @torch.inference_mode()
     def embed(self, audio: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+        from ml.device import autocast
+
         out = []
         for start in range(0, len(audio), batch_size):
             x = audio[start : start + batch_size].to(self.device).float()
-            out.append(torch.cat([module.embed(x).float() for _, module in self.parts], dim=1).cpu().numpy())
+            vectors = []
+            for part, module in self.parts:
+                with autocast(self.device, torch.float32 if part == "classical" else self.precision):
+                    vectors.append(module.embed(x).float())
+            out.append(torch.cat(vectors, dim=1).cpu().numpy())
         width = sum(getattr(m, "embedding_size", 0) for _, m in self.parts)
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 

@@ -36,7 +36,7 @@ class VocalistModel(mlflow.pyfunc.PythonModel):
         """The model's classifier and references from its files; this project's params and paths
         (stem cache, Spleeter weights, device)."""
         from ml import config
-        from ml.device import device_from_params
+        from ml.device import device_from_params, precision_from_params
         from ml.identification.identify import Identifier
 
         if "preprocessing" not in info:
@@ -44,7 +44,8 @@ class VocalistModel(mlflow.pyfunc.PythonModel):
                              "existed (no preprocessing recorded): train it again")  # fmt: skip
         self.params = config.load_params()
         self.paths = config.paths(self.params)
-        self.identifier = Identifier(info, files, device_from_params(self.params))
+        device = device_from_params(self.params)
+        self.identifier = Identifier(info, files, device, precision_from_params(self.params, device))
         return self
 
     def identify(self, source: Path | bytes, top_k: int = 5, name: str | None = None, on_progress=None,

@@ -34,6 +34,14 @@ INSTRUMENTAL_RULE = ("silent_below_dbfs", "vocal_frame_db", "vocal_frame_floor_d
 Progress = Callable[[str, float, float | None], None]  # (stage, done, total)
 
 
+def top_k_of(params: dict[str, Any]) -> int:
+    """How many singers a result lists (``identify.top_k``)."""
+    top_k = int((params.get("identify") or {}).get("top_k", 5))
+    if top_k < 1:
+        raise ValueError(f"identify.top_k must be at least 1, not {top_k}")
+    return top_k
+
+
 class NoVocals(ValueError):
     """The recording holds no singing to identify (instrumental, silent, or too little voice)."""
 
@@ -77,9 +85,9 @@ def recording_clips(path: Path, prep: dict[str, Any], params: dict[str, Any], pa
         SeparationParams,
         checkpoint_sha256,
         separate_with_torch,
+        stem_cache,
         vocal_active_fraction,
     )
-    from ml.separation.stems import StemCache
 
     logger = logger or log
     path = Path(path)
@@ -94,7 +102,7 @@ def recording_clips(path: Path, prep: dict[str, Any], params: dict[str, Any], pa
                          f"this project has {sha[:12]} ({paths.spleeter_checkpoint})")  # fmt: skip
     settings = SeparationParams(**{**asdict(SeparationParams.from_params(params, backend="torch")),
                                    **{k: prep["separation"][k] for k in INSTRUMENTAL_RULE}})  # fmt: skip
-    cache = StemCache(paths.vocals, "torch", sha)
+    cache = stem_cache(paths.vocals, settings, sha, device)
     started = time.perf_counter()
     if cache.get(track_id) is None:
         total, done = probe_duration(path), 0.0
@@ -134,17 +142,19 @@ class Identifier:
     model or ``model.safetensors`` for a network, and ``references.safetensors`` when it has
     references): classifies clips and names a recording's singer."""
 
-    def __init__(self, info: dict[str, Any], files: dict[str, Path], device) -> None:
+    def __init__(self, info: dict[str, Any], files: dict[str, Path], device, precision=None) -> None:
+        from ml.device import pick_precision
         from ml.identification.backend import is_embedding_model
 
         self.info, self.device = info, torch.device(device)
+        self.precision = precision or pick_precision(self.device)  # what the networks compute in (ml/device.py)
         self.classes = [str(c) for c in info["classes"]]
         self.embedding_model = is_embedding_model(info["model"])
         if self.embedding_model:
             from ml.identification.backend import load_backend
             from ml.training.embedding_run import embedder_for
 
-            self.embedder, _ = embedder_for(info, self.device)
+            self.embedder, _ = embedder_for(info, self.device, self.precision)
             self.backend = load_backend(files["backend.skops"])
             self.order = [[str(c) for c in self.backend.classes_].index(c) for c in self.classes]
         else:
@@ -165,9 +175,9 @@ class Identifier:
             self.references = load_references(files["references.safetensors"])
 
     @classmethod
-    def from_folder(cls, folder: Path, info: dict[str, Any], device) -> Identifier:
+    def from_folder(cls, folder: Path, info: dict[str, Any], device, precision=None) -> Identifier:
         """From a trained model's folder (``data/models/<kind>/<run>/``)."""
-        return cls(info, {n: folder / n for n in BUNDLE_FILES if (folder / n).exists()}, device)
+        return cls(info, {n: folder / n for n in BUNDLE_FILES if (folder / n).exists()}, device, precision)
 
     @torch.inference_mode()
     def classify(self, clips: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
@@ -179,12 +189,15 @@ class Identifier:
 
             x = self.embedder.embed(audio, batch_size)
             return probabilities(self.backend, x)[:, self.order], transform(self.backend, x)
+        from ml.device import autocast
         from ml.models import logits, needs_audio
 
         out = []
         for start in range(0, len(audio), batch_size):
             batch = audio[start : start + batch_size].to(self.device)
-            scores = logits(self.network, self.log_mel(batch), batch if needs_audio(self.network) else None)
+            log_mel = self.log_mel(batch)  # float32
+            with autocast(self.device, self.precision):
+                scores = logits(self.network, log_mel, batch if needs_audio(self.network) else None)
             out.append(torch.softmax(scores.float(), dim=1).cpu().numpy())
         return np.concatenate(out), None
 

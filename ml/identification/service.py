@@ -6,6 +6,9 @@
   --json`` for it. "No vocals found" is an answer (200, status ``no_vocals``); a bad upload gets a
   4xx with the reason: 400 no file, 411 no length, 413 over ``serve.max_upload_mb``, 422 not audio,
   corrupt or empty.
+* ``POST /song`` — the same upload: which library song the excerpt comes from, where, and its genre
+  (the JSON object of ``reconet identify --song --json``; ml/identification/song_id.py), "not in
+  the library" being an answer (200, ``in_library`` false); 503 when there is no song index.
 
 An upload is written to a temporary folder under a fixed name and removed afterwards; the client's
 file name is only shown, never used as a path. One recording is identified at a time (the network
@@ -45,8 +48,9 @@ def display_name(filename: str | None) -> str:
     return name[:200] or "upload"
 
 
-def make_app(bundle, model_uri: str, max_upload_mb: float):
-    """The Starlette app around a loaded bundle (``ml.identification.bundle.VocalistModel``)."""
+def make_app(bundle, model_uri: str, max_upload_mb: float, top_k: int = 5, song_index=None):
+    """The Starlette app around a loaded bundle (``ml.identification.bundle.VocalistModel``) and,
+    when given, a loaded song index (``ml.identification.song_id.SongIndex``) for ``POST /song``."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
@@ -70,7 +74,7 @@ def make_app(bundle, model_uri: str, max_upload_mb: float):
                              "singers": sorted({*bundle.identifier.classes, *bundle.identifier.references}),
                              "max_upload_mb": max_upload_mb})  # fmt: skip
 
-    def identify_file(upload: UploadFile, name: str) -> dict[str, Any]:
+    def answer_file(upload: UploadFile, name: str, answer) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="reconet-upload-") as tmp:
             path = Path(tmp) / "upload"
             with open(path, "wb") as out:
@@ -78,9 +82,25 @@ def make_app(bundle, model_uri: str, max_upload_mb: float):
             if path.stat().st_size > limit:
                 return {"status": "too_large", "error": f"{name}: over the {max_upload_mb:g} MB upload limit"}
             with one_at_a_time:
-                return bundle.identify(path, top_k=5, name=name)
+                return answer(path, name)
+
+    def identify_file(upload: UploadFile, name: str) -> dict[str, Any]:
+        return answer_file(upload, name, lambda path, name: bundle.identify(path, top_k=top_k, name=name))
+
+    def song_file(upload: UploadFile, name: str) -> dict[str, Any]:
+        from ml.identification.song_id import identify_song
+
+        return answer_file(upload, name, lambda path, name: identify_song(song_index, path, name))
 
     async def identify(request: Request) -> JSONResponse:
+        return await answer_upload(request, identify_file)
+
+    async def song(request: Request) -> JSONResponse:
+        if song_index is None:
+            return error(503, "no song index: materialise song_index (reconet materialize song_index)")
+        return await answer_upload(request, song_file)
+
+    async def answer_upload(request: Request, answer) -> JSONResponse:
         length = request.headers.get("content-length")
         if length is None:
             return error(411, "send the upload with a Content-Length")
@@ -94,15 +114,15 @@ def make_app(bundle, model_uri: str, max_upload_mb: float):
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 return error(400, "no file: send the recording as the multipart field `file`")
-            result = await run_in_threadpool(identify_file, upload, display_name(upload.filename))
+            result = await run_in_threadpool(answer, upload, display_name(upload.filename))
         finally:
             await form.close()
         if result["status"] == "too_large":
             return error(413, result["error"])
         return JSONResponse(result, status_code=422 if result["status"] == "error" else 200)
 
-    return Starlette(routes=[Route("/", page), Route("/health", health),
-                             Route("/identify", identify, methods=["POST"])])  # fmt: skip
+    return Starlette(routes=[Route("/", page), Route("/health", health), Route("/identify", identify, methods=["POST"]),
+                             Route("/song", song, methods=["POST"])])  # fmt: skip
 
 
 def serve(model_uri: str, tracking_uri: str, params: dict[str, Any], host: str | None = None,
@@ -114,8 +134,21 @@ def serve(model_uri: str, tracking_uri: str, params: dict[str, Any], host: str |
 
     settings = ServeParams.from_params(params)
     bundle = load_bundle(model_uri, tracking_uri)
-    app = make_app(bundle, model_uri, settings.max_upload_mb)
+    from ml.identification.identify import top_k_of
+
+    app = make_app(bundle, model_uri, settings.max_upload_mb, top_k_of(params), _song_index_or_none(params))
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="warning")
+
+
+def _song_index_or_none(params: dict[str, Any]):
+    """The project's song index for ``POST /song``; None (and /song answers 503) when there is none yet."""
+    from ml.identification.song_id import SongIndex, index_folder
+
+    folder = index_folder(config.paths(params))
+    try:
+        return SongIndex(folder, autoencoder=folder / "autoencoder.safetensors")
+    except FileNotFoundError:
+        return None
 
 
 PAGE = """<!doctype html>

@@ -64,7 +64,8 @@ VOCALS_SCHEMA = pa.schema(
 class SeparationParams:
     backend: str = "torch"
     batch_chunks: int = 0  # 512-frame chunks (≈ 11.9 s each) per network call; 0: by device (ml/separation/unet.py)
-    half_precision: bool = False  # CUDA only
+    half_precision: bool = False  # float16 on CUDA under compute.precision auto
+    precision: str = "auto"  # compute.precision (ml/device.py): auto | fp32 | bf16
     silent_below_dbfs: float = -60.0  # a whole mix quieter than this is silence
     vocal_frame_db: float = -15.0  # a 100 ms frame has vocals when its vocal level is within this of its mix level
     vocal_frame_floor_db: float = -40.0  # ...and above the track's mix level plus this (not a fade, not a pause)
@@ -79,10 +80,22 @@ class SeparationParams:
         fields = {k: v for k, v in {**section, **rule}.items() if k in cls.__dataclass_fields__}
         if backend:
             fields["backend"] = backend
+        fields["precision"] = params.get("compute", {}).get("precision") or "auto"
         settings = cls(**fields)
         if settings.backend not in BACKENDS:
             raise ValueError(f"separation.backend must be one of {BACKENDS}, not {settings.backend!r}")
         return settings
+
+    def dtype(self, device: Any) -> Any:
+        """What the network computes in on ``device`` (``ml/device.py``): float32, bfloat16 or float16
+        for the torch backend; the official backend is float32."""
+        import torch
+
+        from ml.device import pick_precision
+
+        if self.backend != "torch":
+            return torch.float32
+        return pick_precision(device, self.precision, cuda_half=self.half_precision)
 
 
 @dataclass(frozen=True)
@@ -99,12 +112,11 @@ class Failure:
 
 
 def stem_cache(root: Path, settings: SeparationParams, model_sha256: str, device: Any = "cpu") -> StemCache:
-    """The stem cache of ``settings.backend`` with checkpoint ``model_sha256``; float16 stems (the torch
-    backend on CUDA with ``half_precision``) have their own."""
-    import torch
+    """The stem cache of ``settings.backend`` with checkpoint ``model_sha256``; bfloat16 and float16
+    stems (the torch backend in reduced precision: :meth:`SeparationParams.dtype`) have their own."""
+    from ml.device import precision_name
 
-    half = settings.backend == "torch" and settings.half_precision and torch.device(device).type == "cuda"
-    return StemCache(root, settings.backend, model_sha256, half_precision=half)
+    return StemCache(root, settings.backend, model_sha256, precision=precision_name(settings.dtype(device)))
 
 
 def checkpoint_sha256(model_dir: Path) -> str:
@@ -229,7 +241,7 @@ class _WriteBehind(threading.Thread):
             return
         entry = writer.commit(
             {"track_id": track_id, "backend": "torch", "model_sha256": self.cache.model_sha256,
-             "model": "spleeter 2stems (PyTorch port)", "device": str(self.device)}
+             "model": "spleeter 2stems (PyTorch port)", "device": str(self.device), "precision": self.cache.precision}
         )  # fmt: skip
         self.finished.put((track_id, entry))
 
@@ -280,7 +292,8 @@ def separate_with_torch(
     logger: logging.Logger | Any = None,
     on_progress: Callable[[str, float], None] | None = None,
 ) -> list[Failure]:
-    """Separate ``tracks`` into ``cache``; a track that cannot be decoded becomes a Failure.
+    """Separate ``tracks`` into ``cache``, in the precision its stems are (``cache.precision``, which
+    :func:`stem_cache` chose); a track that cannot be decoded becomes a Failure.
     ``on_progress(track_id, seconds)`` is called after each separated block with its length.
 
     Three stages overlap: a thread decodes the next blocks (ffmpeg), the calling thread runs the
@@ -288,6 +301,7 @@ def separate_with_torch(
     memory stays bounded whatever the lengths."""
     import torch
 
+    from ml.device import precision_dtype
     from ml.separation.unet import SpleeterSeparator, load_spleeter
 
     logger = logger or log
@@ -295,7 +309,7 @@ def separate_with_torch(
         return []
     if torch.device(device).type == "cpu":
         keep_freed_memory()
-    model = load_spleeter(weights, device, half=settings.half_precision)
+    model = load_spleeter(weights, device, precision=precision_dtype(cache.precision))  # the cache's stems' precision
     separator = SpleeterSeparator(model, device, batch_chunks=settings.batch_chunks)
     failures: dict[str, Failure] = {}
     by_id = {t.track_id: t for t in tracks}

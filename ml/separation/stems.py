@@ -2,14 +2,14 @@
 
 Layout under ``<data>/vocals/``::
 
-    <backend>-<model sha256[:12]>[-fp16]/<track_id[:2]>/<track_id>/
+    <backend>-<model sha256[:12]>[-bf16|-fp16]/<track_id[:2]>/<track_id>/
         vocals.flac          44.1 kHz stereo, 16-bit FLAC
         accompaniment.flac   the rest of the mix (kept for remix augmentation)
         activity.npy         (2, frames) float32: vocal and mix RMS in dBFS per 100 ms frame
         meta.json            written last: the entry is complete exactly when this file exists
 
 A ``track_id`` is derived from the audio content, so the key is (audio hash, model, backend, and
-``-fp16`` when the torch backend ran in float16 on CUDA).
+``-bf16`` or ``-fp16`` when the torch backend ran in bfloat16 or float16: ``ml/device.py``).
 An entry is built in a temporary folder beside its final place and renamed into place, so a
 killed run leaves no partial stem; :meth:`StemCache.clean_partial` removes what it left.
 
@@ -168,20 +168,23 @@ class StemWriter:
 
 
 class StemCache:
-    """Finished stems for one (backend, model, precision): ``root/<backend>-<model[:12]>[-fp16]/<id[:2]>/<id>/``
-    (``-fp16``: separated in float16, which gives other stems than float32)."""
+    """Finished stems for one (backend, model, precision): ``root/<backend>-<model[:12]>[-bf16|-fp16]/<id[:2]>/<id>/``
+    (``-bf16``, ``-fp16``: separated in bfloat16 or float16, which give other stems than float32)."""
 
-    def __init__(self, root: str | Path, backend: str, model_sha256: str, half_precision: bool = False) -> None:
+    def __init__(self, root: str | Path, backend: str, model_sha256: str, half_precision: bool = False,
+                 precision: str = "fp32") -> None:  # fmt: skip
         self.backend = backend
         self.model_sha256 = model_sha256
-        self.half_precision = half_precision
-        self.directory = Path(root) / f"{backend}-{model_sha256[:12]}{'-fp16' if half_precision else ''}"
+        self.precision = "fp16" if half_precision else precision  # fp32, bf16 or fp16 (ml/device.py)
+        self.half_precision = self.precision == "fp16"
+        self._suffix = "" if self.precision == "fp32" else f"-{self.precision}"
+        self.directory = Path(root) / f"{backend}-{model_sha256[:12]}{self._suffix}"
 
     @property
     def identity(self) -> str:
         """What made these stems (backend, whole checkpoint hash, precision): recorded with every
         table and cache entry derived from them, so that other stems never pass for these."""
-        return f"{self.backend}-{self.model_sha256}{'-fp16' if self.half_precision else ''}"
+        return f"{self.backend}-{self.model_sha256}{self._suffix}"
 
     def entry_dir(self, track_id: str) -> Path:
         return self.directory / track_id[:2] / track_id

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.device import autocast
+
 SAMPLE_RATE = 44100
 FRAME_LENGTH = 4096
 FRAME_STEP = 1024
@@ -176,8 +178,15 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_spleeter(weights: str | Path, device: torch.device, half: bool = False) -> Spleeter2Stems:
-    """The model with the converted official weights (safetensors: no code is loaded)."""
+def load_spleeter(weights: str | Path, device: torch.device, half: bool = False,
+                  precision: torch.dtype | None = None) -> Spleeter2Stems:  # fmt: skip
+    """The model with the converted official weights (safetensors: no code is loaded), to compute in
+    ``precision`` (``ml/device.py``; by default float32, or float16 on CUDA with ``half``).
+
+    float16 (CUDA) turns the whole model to float16. bfloat16 runs under ``torch.autocast`` (see
+    :class:`SpleeterSeparator`): the convolutions in bfloat16, batch norm and the masks in float32.
+    The convolutions' weights are stored in bfloat16 here, once, rather than cast by autocast at
+    every chunk (40 MB of weights: the same values either way)."""
     from safetensors.torch import load_file
 
     weights = Path(weights)
@@ -192,7 +201,16 @@ def load_spleeter(weights: str | Path, device: torch.device, half: bool = False)
         extra = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
         raise ValueError(f"{weights}: not a Spleeter 2-stems weight file ({extra})")
     model = model.eval().to(device, memory_format=torch.channels_last)
-    return model.half() if half and device.type == "cuda" else model
+    precision = precision or (torch.float16 if half and device.type == "cuda" else torch.float32)
+    if precision == torch.float16:
+        if device.type != "cuda":
+            raise ValueError(f"float16 separation runs on CUDA only, not on {device}")
+        return model.half()
+    if precision == torch.bfloat16:
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+                module.to(torch.bfloat16)
+    return model
 
 
 # --------------------------------------------------------------------------- streaming separation
@@ -246,7 +264,9 @@ class SpleeterSeparator:
         self.model = model
         self.device = device
         self.batch_chunks = batch_chunks if batch_chunks > 0 else default_batch_chunks(device)
-        self.dtype = next(model.parameters()).dtype
+        # what the model computes in: its convolutions' type (load_spleeter); bfloat16 under autocast
+        self.precision = model.vocals.encoder[0].weight.dtype
+        self.dtype = torch.float16 if self.precision == torch.float16 else torch.float32  # the network's input
         self.window = torch.hann_window(FRAME_LENGTH, periodic=True, device=device)
         self.synthesis_window = self.window * (2.0 / 3.0)  # Spleeter's inverse STFT scales the overlap-add by 2/3
         self._spectrum: torch.Tensor | None = None
@@ -308,7 +328,8 @@ class SpleeterSeparator:
         x = torch.from_numpy(np.stack([c.samples for c in chunks])).to(self.device).transpose(1, 2)
         frames = x.unfold(-1, FRAME_LENGTH, FRAME_STEP) * self.window  # (B, 2, T, L)
         low = self._rfft(frames)[..., :MODEL_BINS]  # (B, 2, T, F): the bins the network sees
-        masks = torch.stack(self.model(low.abs().to(self.dtype)), dim=1)  # (B, stems, 2, T, F), float32
+        with autocast(self.device, torch.bfloat16 if self.precision == torch.bfloat16 else torch.float32):
+            masks = torch.stack(self.model(low.abs().to(self.dtype)), dim=1)  # (B, stems, 2, T, F), float32
         spectrum = self._stem_spectrum(len(chunks))
         torch.mul(masks, low.unsqueeze(1), out=spectrum[..., :MODEL_BINS])
         stem_frames = self._irfft(spectrum)  # (B, stems, 2, T, L)

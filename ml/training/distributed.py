@@ -45,13 +45,13 @@ from torch.utils.data import DataLoader, Sampler
 from ml import config
 from ml.clips.features import FeatureParams
 from ml.clips.loader import SegmentDataset
-from ml.device import device_from_params
+from ml.device import device_from_params, precision_name
 from ml.identification.backend import is_embedding_model
 from ml.identification.identify import preprocessing
 from ml.tables import read_table, write_text
 from ml.training.model_run import _record, _start_logging, augmenters_for, data_version, split_rows_of, with_features
 from ml.training.tracking import REGISTERED_MODEL, mlflow_run, tracking_uri
-from ml.training.training import SingleProcess, TrainParams, dataset_sources, train
+from ml.training.training import SingleProcess, TrainParams, dataset_sources, train, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,10 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
         raise ValueError(f"the {kind} split needs at least 2 artists and a validation set "
                          f"(has {len(classes)} artists, {val_rows.num_rows} validation clips)")  # fmt: skip
     version = data_version(pa.concat_tables([train_rows, val_rows]), feature_params)
+    precision = training_precision(params, parallel.device)
+    reduced = {"precision": precision_name(precision)} if precision != torch.float32 else {}  # as model_run's
     digest = settings.digest({"data": version, "kind": kind, "features": feature_params.digest(),
-                              "world_size": parallel.world_size})[:12]  # fmt: skip
+                              "world_size": parallel.world_size, **reduced})[:12]  # fmt: skip
     run_dir = paths.data / "models" / kind / digest
     train_source, eval_source = dataset_sources(settings.model, settings.augment)
     train_set = SegmentDataset(train_rows, paths.data, classes, source=train_source)
@@ -221,7 +223,7 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
                                parallel.device)  # fmt: skip
                 mlflow.log_params({"world_size": parallel.world_size, "backend": dist.get_backend()})
         result = train(train_set, val_set, settings, feature_params, parallel.device, run_dir, augmenters,
-                       on_epoch=_log_epoch, logger=logger, parallel=parallel)  # fmt: skip
+                       on_epoch=_log_epoch, logger=logger, parallel=parallel, precision=precision)  # fmt: skip
         summary = _summary(result, settings, feature_params, classes, kind, version, run_dir, parallel)
         if run is not None:
             write_text(json.dumps(summary, indent=1), run_dir / "distributed.json")

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ml import config
+from ml.device import precision_from_params
 from ml.identification import open_set
 from ml.identification.backend import (
     BackendParams,
@@ -35,18 +36,22 @@ from ml.identification.identify import preprocessing
 from ml.tables import atomic_path, write_text
 
 
-def embedder_for(info_or_settings: dict[str, Any], device) -> tuple[ClipEmbedder, BackendParams]:
-    """The model's clip embedder, built once per process for each model, options and device: an
-    evaluation embeds its training and its test clips, and ECAPA's weights take seconds to load."""
+def embedder_for(info_or_settings: dict[str, Any], device, precision=None) -> tuple[ClipEmbedder, BackendParams]:
+    """The model's clip embedder, built once per process for each model, options, device and precision
+    (``ml/device.py``; None: ``auto``): an evaluation embeds its training and its test clips, and
+    ECAPA's weights take seconds to load."""
+    from ml.device import pick_precision
+
     name, options = info_or_settings["model"], info_or_settings.get("model_options", {})
     settings = BackendParams.from_options(name, options)
-    key = (name, json.dumps(options, sort_keys=True), str(device))
+    precision = precision or pick_precision(device)
+    key = (name, json.dumps(options, sort_keys=True), str(device), str(precision))
     if key not in _EMBEDDERS:  # a frozen extractor, used for inference only: safe to share
-        _EMBEDDERS[key] = ClipEmbedder(name, settings, device)
+        _EMBEDDERS[key] = ClipEmbedder(name, settings, device, precision=precision)
     return _EMBEDDERS[key], settings
 
 
-_EMBEDDERS: dict[tuple[str, str, str], ClipEmbedder] = {}
+_EMBEDDERS: dict[tuple[str, str, str, str], ClipEmbedder] = {}
 
 
 def save_references(refs: dict[str, np.ndarray], path: Path) -> Path:
@@ -75,7 +80,8 @@ def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model
     import mlflow
 
     started = time.perf_counter()
-    embedder, settings = embedder_for({"model": model_name, "model_options": options}, device)
+    embedder, settings = embedder_for({"model": model_name, "model_options": options}, device,
+                                      precision_from_params(params, device))  # fmt: skip
     x_train = clip_embeddings(train_rows, paths.data, embedder, logger)
     x_val = clip_embeddings(val_rows, paths.data, embedder, logger)
     y_train = train_rows.column("artist").to_pylist()
@@ -123,9 +129,10 @@ def write_model_json(info: dict[str, Any], run_dir: Path) -> None:
     write_text(json.dumps(info, indent=1), run_dir / "model.json")
 
 
-def predict_rows(info: dict[str, Any], run_dir: Path, rows: pa.Table, data_dir: Path, device, logger=None):
+def predict_rows(info: dict[str, Any], run_dir: Path, rows: pa.Table, data_dir: Path, device, logger=None,
+                 precision=None):  # fmt: skip
     """(probabilities (N, classes) in ``info['classes']`` order, embeddings in the back-end's space)."""
-    embedder, _ = embedder_for(info, device)
+    embedder, _ = embedder_for(info, device, precision)
     pipeline = load_backend(run_dir / "backend.skops")
     x = clip_embeddings(rows, data_dir, embedder, logger)
     order = [list(pipeline.classes_).index(c) for c in info["classes"]]

@@ -40,15 +40,19 @@ class Predictions:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, dataset: SegmentDataset, device: torch.device, batch_size: int = 64,
-            log_mel: torch.nn.Module | None = None) -> Predictions:  # fmt: skip
-    """Class probabilities and embeddings of every clip (raw clips need ``log_mel``)."""
+            log_mel: torch.nn.Module | None = None, precision: torch.dtype = torch.float32) -> Predictions:  # fmt: skip
+    """Class probabilities and embeddings of every clip (raw clips need ``log_mel``), the network
+    computing in ``precision`` (``ml/device.py``; the log-mels stay float32)."""
+    from ml.device import autocast
     from ml.models import embed
 
     model.eval()
     probabilities, embeddings = [], []
     for batch in make_loader(dataset, batch_size):
-        embedding = embed(model, *model_input(batch, device, log_mel))
-        logits = model.classifier(embedding)
+        inputs = model_input(batch, device, log_mel)
+        with autocast(device, precision):
+            embedding = embed(model, *inputs)
+            logits = model.classifier(embedding)
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         embeddings.append(embedding.float().cpu().numpy())
     table = dataset.table

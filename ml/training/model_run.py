@@ -24,13 +24,13 @@ import torch
 from ml import config
 from ml.clips.features import FeatureParams
 from ml.clips.loader import SegmentDataset
-from ml.device import device_from_params
+from ml.device import device_from_params, precision_from_params, precision_name
 from ml.identification.backend import is_embedding_model
 from ml.identification.identify import preprocessing
 from ml.models import build_model
 from ml.tables import atomic_path, update_json, write_text
 from ml.training.evaluation import Predictions, Report, evaluate, predict
-from ml.training.training import TrainParams, dataset_sources, train
+from ml.training.training import TrainParams, dataset_sources, train, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def run_identity(params: dict[str, Any], paths: config.Paths, settings: TrainPar
     augment = asdict(AugmentParams.from_params(params.get("augment", {}))) if augmented else None
     separation = {"backend": SeparationParams.from_params(params).backend,
                   "checkpoint_sha256": checkpoint_sha256(paths.spleeter_checkpoint)}  # fmt: skip
-    return {"separation": separation, "augment": augment}
+    precision = precision_name(training_precision(params, device_from_params(params)))  # float32 runs keep their digest
+    return {"separation": separation, "augment": augment, **({"precision": precision} if precision != "fp32" else {})}
 
 
 def augmenters_for(params: dict[str, Any], sample_rate: int):
@@ -138,7 +139,8 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
             names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
             mlflow.log_metrics({n: getattr(m, n) for n in names}, step=m.epoch)
 
-        result = train(train_set, val_set, settings, feature_params, device, run_dir, augmenters, on_epoch, logger)
+        result = train(train_set, val_set, settings, feature_params, device, run_dir, augmenters, on_epoch, logger,
+                       precision=training_precision(params, device))  # fmt: skip
         done = run_dir / "model.json"
         if result.resumed_from_epoch == len(result.history) and done.exists():  # finished before: nothing new
             info = json.loads(done.read_text(encoding="utf-8"))
@@ -274,14 +276,16 @@ def predictions_of(model: torch.nn.Module | None, info: dict[str, Any], rows: pa
     if model is None:  # an embedding model
         from ml.training.embedding_run import predict_rows
 
-        probabilities, embeddings = predict_rows(info, model_dir(paths, info), rows, paths.data, device, logger)
+        probabilities, embeddings = predict_rows(info, model_dir(paths, info), rows, paths.data, device, logger,
+                                                 precision_from_params(params, device))  # fmt: skip
         genres = rows.column("over_genre").to_pylist() if "over_genre" in rows.column_names else [None] * len(rows)
         index = {c: i for i, c in enumerate(info["classes"])}
         return Predictions(probabilities, embeddings, np.array([index[a] for a in rows.column("artist").to_pylist()]),
                            rows.column("track_id").to_pylist(), genres, list(info["classes"]))  # fmt: skip
     _, source = dataset_sources(info["model"], augment=False)
     dataset = SegmentDataset(rows, paths.data, info["classes"], source=source)
-    return predict(model, dataset, device, log_mel=LogMel(FeatureParams.from_params(params)).to(device))
+    return predict(model, dataset, device, log_mel=LogMel(FeatureParams.from_params(params)).to(device),
+                   precision=precision_from_params(params, device))  # fmt: skip
 
 
 def open_set_figures(train: Predictions, test: Predictions, params: dict[str, Any], embedding_model: bool,

@@ -178,6 +178,23 @@ def split_segments(segments: pa.Table, settings: SplitParams) -> tuple[pa.Table,
     return table_from_rows(rows, SPLITS_SCHEMA), excluded
 
 
+def _segment_ids(table: pa.Table) -> pa.Array | pa.ChunkedArray:
+    return table.column("segment_id") if "segment_id" in table.column_names else pa.array([], pa.string())
+
+
+def processed_clips(splits: pa.Table, segments: pa.Table, features: pa.Table) -> tuple[pa.Table, pa.Table, list[str]]:
+    """What a training can use while releases are in flight: the segments whose log-mels are
+    cached, the split rows of those segments, and the releases some of whose clips were left out
+    (still being processed: cut, their log-mels not computed yet; or their features step failed).
+    Split rows of releases that left the library since the splits were made go too."""
+    left_out = []
+    if segments.num_rows:
+        cached = pc.is_in(segments.column("segment_id"), _segment_ids(features))
+        left_out = sorted(set(segments.filter(pc.invert(cached)).column("release").to_pylist()))
+        segments = segments.filter(cached)
+    return splits.filter(pc.is_in(splits.column("segment_id"), _segment_ids(segments))), segments, left_out
+
+
 def unfit_reason(table: pa.Table, kind: str) -> str | None:
     """Why no classifier can be trained on split ``kind`` of a splits table (None: one can): fewer
     than two artists have training clips in it (e.g. no artist has the two albums the album split

@@ -2,7 +2,9 @@
 
 Adam with weight decay 1e-6, ReduceLROnPlateau on the validation loss, early stopping on it (the
 best epoch's weights are kept; neither acts during the first ``warmup_epochs``, while the batch-norm
-statistics that evaluation uses are still settling), class-balanced sampling or loss weights, mixed precision on CUDA.
+statistics that evaluation uses are still settling), class-balanced sampling or loss weights, mixed
+precision where ``compute.precision`` gives it (``ml/device.py``: bfloat16 autocast on a CPU with
+bfloat16 units, float16 autocast with gradient scaling on CUDA; the weights stay float32).
 The loss is the cross-entropy, or the model's own ``loss(scores, labels, weight=None)`` where it has one
 (speaker_net's additive angular margin); validation always takes the cross-entropy of the scores.
 Batches come from ``ml/clips/loader.py``: raw clips augmented on the device and turned into log-mels
@@ -35,6 +37,7 @@ from torch import nn
 from ml import config
 from ml.clips.features import FeatureParams, LogMel
 from ml.clips.loader import SegmentDataset, make_loader, model_input
+from ml.device import autocast, precision_from_params
 from ml.models import build_model, logits, needs_audio
 from ml.tables import atomic_path
 
@@ -56,7 +59,7 @@ class TrainParams:
     warmup_epochs: int = 10  # no learning-rate drop and no early stop before this (batch-norm statistics settle)
     balance: str = "sampler"  # sampler | loss | none
     augment: bool = True  # raw clips + on-device augmentation; false: cached log-mels
-    mixed_precision: bool = True  # CUDA only
+    mixed_precision: bool = True  # float16 autocast on CUDA when compute.precision is auto
     seed: int = 0
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +83,15 @@ class TrainParams:
         shaping = {k: v for k, v in asdict(self).items() if k not in ("epochs", "early_stopping_patience",
                                                                      "split_kinds")}  # fmt: skip
         return hashlib.sha256(json.dumps({**shaping, **extra}, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def training_precision(params: dict[str, Any], device: torch.device) -> torch.dtype:
+    """What training steps compute in (``compute.precision``; on CUDA, ``auto`` follows ``train.mixed_precision``).
+    An embedding model trains no network: its frozen encoder embeds at the inference precision."""
+    from ml.identification.backend import is_embedding_model
+
+    settings = TrainParams.from_params(params)
+    return precision_from_params(params, device, settings.mixed_precision and not is_embedding_model(settings.model))
 
 
 def dataset_sources(model_name: str, augment: bool) -> tuple[str, str]:
@@ -158,13 +170,15 @@ class SingleProcess:
         """Called after an epoch's training steps, before validation."""
 
 
-def _evaluate_loss(model: nn.Module, loader, device: torch.device, loss_fn: nn.Module,
-                   log_mel: nn.Module | None, parallel: SingleProcess) -> tuple[float, float]:  # fmt: skip
+def _evaluate_loss(model: nn.Module, loader, device: torch.device, loss_fn: nn.Module, log_mel: nn.Module | None,
+                   parallel: SingleProcess, precision: torch.dtype) -> tuple[float, float]:  # fmt: skip
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     with torch.inference_mode():
         for batch in loader:
-            scores = logits(model, *model_input(batch, device, log_mel)).float()
+            inputs = model_input(batch, device, log_mel)  # log-mels in float32
+            with autocast(device, precision):
+                scores = logits(model, *inputs).float()
             labels = batch.labels.to(device)
             loss_sum += float(loss_fn(scores, labels)) * len(labels)
             correct += int((scores.argmax(1) == labels).sum())
@@ -184,12 +198,14 @@ def train(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     logger: logging.Logger | Any = None,
     parallel: SingleProcess | None = None,
+    precision: torch.dtype | None = None,
 ) -> TrainResult:
     """Train (or resume) until early stopping or ``settings.epochs``. ``train_set`` uses the
     ``audio`` source when augmenting or when the model takes raw clips; ``val_set`` the
     ``features`` source unless the model takes raw clips (see :func:`dataset_source`).
     ``parallel`` shares the epochs between processes (default: one process); only its writing
-    process saves checkpoints, logs and calls ``on_epoch``."""
+    process saves checkpoints, logs and calls ``on_epoch``. ``precision``: what the steps compute in
+    (:func:`training_precision`; by default ``compute.precision`` auto on ``device``)."""
     logger = logger or log
     parallel = parallel or SingleProcess()
     classes = train_set.classes
@@ -207,8 +223,10 @@ def train(
     if callable(own_loss):
         loss_fn = functools.partial(own_loss, weight=class_weights)
     val_loss_fn = nn.CrossEntropyLoss()
-    amp = settings.mixed_precision and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    if precision is None:
+        precision = precision_from_params({}, device, settings.mixed_precision)
+    # float16 needs its gradients scaled; bfloat16 has float32's range and does not
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16 and device.type == "cuda")
     log_mel = LogMel(features).to(device)
     audio_augment, spectrogram_augment = augmenters if settings.augment else (None, None)
 
@@ -250,7 +268,7 @@ def train(
         for batch in loader:
             x, audio = model_input(batch, device, log_mel, audio_augment, spectrogram_augment, generator)
             labels = batch.labels.to(device)
-            with torch.autocast(device.type, enabled=amp):
+            with autocast(device, precision):
                 scores = net(x, audio) if raw else net(x)
                 loss = loss_fn(scores.float(), labels)
             optimiser.zero_grad(set_to_none=True)
@@ -262,7 +280,7 @@ def train(
             total += len(labels)
         loss_sum, correct, total = parallel.sum(loss_sum, correct, total)
         parallel.end_epoch(model, epoch)
-        val_loss, val_accuracy = _evaluate_loss(model, val_loader, device, val_loss_fn, log_mel, parallel)
+        val_loss, val_accuracy = _evaluate_loss(model, val_loader, device, val_loss_fn, log_mel, parallel, precision)
         warming_up = epoch <= settings.warmup_epochs
         if not warming_up:
             scheduler.step(val_loss)
