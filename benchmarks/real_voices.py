@@ -23,7 +23,7 @@ Level ``demo`` runs the same models on the default demo library (``reconet demo-
 the training times the README quotes.
 
 Usage: .venv/bin/python benchmarks/real_voices.py [--levels normal hard demo] [--models ...]
-       [--epochs N] [--work DIR] [--skip-build] [--skip-singers] [--singers-only]
+       [--epochs N] [--work DIR] [--skip-build] [--skip-singers] [--singers-only] [--set KEY=VALUE ...]
 """
 
 import argparse
@@ -156,7 +156,7 @@ def write_mp3(audio: np.ndarray, path: Path, artist: str, album: str, title: str
     tags.save(path)
 
 
-def pipeline_env(work: Path, level: str, model: str, epochs: int | None) -> dict:
+def pipeline_env(work: Path, level: str, model: str, epochs: int | None, overrides: dict | None = None) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     name, _, encoder = model.partition(":")  # "voice_embedding:ecapa": that model with that encoder
     params["train"]["model"], params["train"]["split_kinds"] = name, ["song", "album"]
@@ -165,6 +165,12 @@ def pipeline_env(work: Path, level: str, model: str, epochs: int | None) -> dict
     if epochs and name not in EMBEDDING:
         params["train"]["epochs"] = epochs
         params["train"]["warmup_epochs"] = min(params["train"].get("warmup_epochs", 0), max(1, epochs // 2))
+    for key, value in (overrides or {}).items():  # --set models.samplecnn.hidden=256
+        *sections, last = key.split(".")
+        target = params
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[last] = value
     path = work / "params" / f"{level}-{model.replace(':', '-')}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -198,8 +204,9 @@ def train_seconds(dagster_home: Path, kind: str) -> float | None:
         return None
 
 
-def run_model(work: Path, level: str, model: str, epochs: int | None, prepared: set) -> list[dict]:
-    env, log = pipeline_env(work, level, model, epochs), work / f"{level}.log"
+def run_model(work: Path, level: str, model: str, epochs: int | None, prepared: set,
+              overrides: dict | None = None) -> list[dict]:  # fmt: skip
+    env, log = pipeline_env(work, level, model, epochs, overrides), work / f"{level}.log"
     print(f"[{time.strftime('%H:%M:%S')}] {level} / {model} ...", flush=True)
     if level not in prepared:
         ok, seconds, error = reconet(["run"], env, log)
@@ -219,6 +226,8 @@ def run_model(work: Path, level: str, model: str, epochs: int | None, prepared: 
             for level_name, short in (("segment", "seg"), ("song_mean_probability", "song")):
                 row[f"{short}_acc"], row[f"{short}_f1"] = m[level_name]["accuracy"], m[level_name]["macro_f1"]
             row["eer"] = (m.get("open_set") or {}).get("eer")
+            if "song_lstm" in m:  # samplecnn: an LSTM over the songs' clip embeddings, beside the mean
+                row["song_lstm_acc"], row["song_lstm_f1"] = m["song_lstm"]["accuracy"], m["song_lstm"]["macro_f1"]
             row["train_s"] = train_seconds(work / f"dagster-{level}", kind)
             shutil.copy(metrics, work / f"metrics-{level}-{model.replace(':', '-')}-{kind}.json")
         else:
@@ -289,6 +298,10 @@ def write_report(rows: list[dict], singer_rows: list[dict], note: str, stem: str
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         extra = f"{r['epochs']} epochs" if r.get("epochs") else ""
+        if r.get("song_lstm_f1") is not None:
+            extra += f"; song LSTM acc / F1 {r['song_lstm_acc']:.3f} / {r['song_lstm_f1']:.3f}"
+        if r.get("overrides"):
+            extra += "; " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
         extra = (extra + " " + "FAILED: " + r["error"][:160].replace("|", "/")).strip() if "error" in r else extra
         lines.append("| " + " | ".join(fmt(r.get(k)) for k in ("model", "split", "level", "seg_acc", "seg_f1",
                      "song_acc", "song_f1", "eer", "train_s", "wall_s")) + f" | {extra} |")  # fmt: skip
@@ -310,7 +323,8 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", default=["normal", "hard"], choices=[*LEVELS, "demo"],
                         help="'demo': the default demo library instead (its synthetic voices: training times)")
     parser.add_argument("--models", nargs="+",
-                        default=["voice_embedding", "classical", "voice_fusion", "crnn", "speaker_net", "reconet"])
+                        default=["voice_embedding", "classical", "voice_fusion", "crnn", "speaker_net", "reconet",
+                                 "samplecnn", "resnet_gru"])
     parser.add_argument("--epochs", type=int, help="train.epochs for the networks (default: params.yaml's)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/reconet-real-voices"))
     parser.add_argument("--seed", type=int, default=0)
@@ -323,7 +337,10 @@ def main() -> None:
     parser.add_argument("--append", action="store_true",
                         help="keep the saved rows of the other models and levels in the report")
     parser.add_argument("--report", default="real_voices", help="results file stem under benchmarks/results/")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="params.yaml values for these runs, e.g. models.resnet_gru.width_divisor=4 (YAML)")
     args = parser.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
     started, work = time.perf_counter(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     note = (f"Work folder {work}; {args.readers} readers x 6 songs; epochs for the networks: "
@@ -352,7 +369,8 @@ def main() -> None:
     prepared: set = set()
     for model in args.models:  # the fast models first, for every level
         for level in args.levels:
-            rows += run_model(work, level, model, args.epochs, prepared)
+            rows += [{**row, **({"overrides": overrides} if overrides else {})}
+                     for row in run_model(work, level, model, args.epochs, prepared, overrides)]  # fmt: skip
             write_report(rows, singer_rows or [], note, args.report)
     if singer_rows is None:
         singer_rows = singers(work, args.singer_extractors)

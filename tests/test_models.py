@@ -1,6 +1,6 @@
 """The models on real (generated) voices: speaker_net (ECAPA-TDNN, AAM-softmax, chunks), the frozen
-pretrained voice embedding in speaker_net and reconet, and weights that round-trip through
-safetensors into a freshly built model."""
+pretrained voice embedding in speaker_net and reconet, the seed models (samplecnn's crops,
+resnet_gru's stages), and weights that round-trip through safetensors into a freshly built model."""
 
 import numpy as np
 import pytest
@@ -15,6 +15,9 @@ SMALL_SPEAKER_NET = {"channels": [32, 32, 32, 32, 96], "attention_channels": 16,
                      "lin_neurons": 48, "res2net_scale": 4}  # fmt: skip
 SMALL_RECONET = {"stem": 8, "growth": 8, "dense_layers": [2, 2], "wave_channels": 16, "wave_stacks": 1,
                  "wave_layers": 4}  # fmt: skip
+SMALL_SAMPLECNN = {"first_filters": 8, "filters": [8, 8, 16, 16, 16], "hidden": 16, "segment_samples": 729,
+                   "dropout": 0.0}  # fmt: skip
+SMALL_RESNET_GRU = {"width_divisor": 8, "blocks": [1, 1, 1], "gru_units": 16, "dropout": 0.0}
 
 
 def _voices(seconds: float, f0s=(110.0, 180.0, 260.0, 330.0), seed: int = 0) -> torch.Tensor:
@@ -121,7 +124,73 @@ def test_reconet_takes_the_voice_embedding_as_a_third_branch():
     assert with_voice.state_dict().keys() == plain.state_dict().keys()  # the frozen branch is not saved
 
 
+def test_samplecnn_crops_one_segment_in_training_and_averages_crops_covering_the_clip():
+    torch.manual_seed(0)
+    model = build_model("samplecnn", 3, 64, {})  # the seed's: 3^10 samples, 9 blocks down to one step
+    assert needs_audio(model) and needs_audio("samplecnn") and model.embedding_size == 512
+    audio = _voices(10.0, f0s=(110.0, 260.0))
+    model.train()
+    crops = model.segments(audio)
+    assert crops.shape == (2, 1, 59049)
+    for clip, crop in zip(audio, crops[:, 0], strict=True):  # a contiguous stretch of its own clip
+        start = int(torch.nonzero(clip == crop[0])[0])
+        assert torch.equal(clip[start : start + 59049], crop)
+    model.eval()
+    crops = model.segments(audio)
+    assert crops.shape == (2, 3, 59049)  # 160,000 samples: 3 overlapping crops, first and last at the ends
+    assert torch.equal(crops[:, 0], audio[:, :59049]) and torch.equal(crops[:, 2], audio[:, -59049:])
+    with torch.inference_mode():
+        clip_scores = logits(model, None, audio)
+        crop_scores = torch.stack([model(None, crops[:, i]) for i in range(3)], 1)
+    assert clip_scores.shape == (2, 3)
+    assert torch.allclose(clip_scores, crop_scores.mean(1), atol=1e-5)  # the clip: the mean of its crops
+    assert model.segments(audio[:, :1000]).shape == (2, 1, 59049)  # shorter than a segment: padded
+    with pytest.raises(ValueError, match="3\\^\\(blocks \\+ 1\\)"):
+        build_model("samplecnn", 3, 64, {"segment_samples": 48000})
+
+
+def test_resnet_gru_keeps_resnet50s_first_three_stages_and_runs_a_gru_over_time():
+    model = build_model("resnet_gru", 4, 128, {})
+    stages = [model.layer1, model.layer2, model.layer3]
+    assert [len(s) for s in stages] == [3, 4, 6]  # ResNet-50's bottleneck blocks
+    assert [s[-1].conv3.out_channels for s in stages] == [256, 512, 1024]
+    assert model.stem[0].in_channels == 1 and model.gru.num_layers == 2
+    steps = []
+    model.gru.register_forward_hook(lambda _module, inputs, _output: steps.append(inputs[0].shape))
+    model.eval()
+    with torch.inference_mode():
+        scores = model(torch.randn(2, 128, 313))  # a 10 s clip's log-mel
+    assert scores.shape == (2, 4) and steps == [(2, 20, 1024)]  # 313 frames / 16 → 20 steps of 1024 channels
+    narrow = build_model("resnet_gru", 4, 128, {"width_divisor": 4})
+    assert narrow.layer3[-1].conv3.out_channels == 256
+    with pytest.raises(ValueError, match="width_divisor"):
+        build_model("resnet_gru", 4, 128, {"width_divisor": 3})
+
+
+@pytest.mark.parametrize("name, options", [("samplecnn", SMALL_SAMPLECNN), ("resnet_gru", SMALL_RESNET_GRU)])
+def test_the_seed_models_loss_goes_down_on_a_tiny_batch(name, options):
+    torch.manual_seed(0)
+    model = build_model(name, 4, 64, options)
+    audio = _voices(2.0)
+    log_mel, labels = _log_mel(audio), torch.arange(4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    losses = []
+    for _ in range(15):
+        optimiser.zero_grad()
+        loss = F.cross_entropy(logits(model, log_mel, audio), labels)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+    model.eval()
+    with torch.inference_mode():
+        assert embed(model, log_mel, audio).shape == (4, model.embedding_size)
+
+
 @pytest.mark.parametrize("name, options", [
+    ("samplecnn", SMALL_SAMPLECNN),
+    ("resnet_gru", SMALL_RESNET_GRU),
     ("speaker_net", SMALL_SPEAKER_NET),
     ("speaker_net", {**SMALL_SPEAKER_NET, "fuse_voice_embedding": True}),
     ("reconet", {**SMALL_RECONET, "voice_embedding": True}),
@@ -153,6 +222,10 @@ DEMO_MODELS = [
     ("speaker_net", {"epochs": 20, "batch_size": 8, "augment": True}, {}),  # remix and the rest of the chain
     ("crnn", {"epochs": 20, "batch_size": 8}, {}),
     ("reconet", {"epochs": 20, "batch_size": 8}, {}),
+    # the seed models, narrowed to keep this test's time (about a minute each on two cores)
+    ("samplecnn", {"epochs": 12, "batch_size": 8},
+     {"first_filters": 16, "filters": [16, 16, 32, 32, 32, 32, 32, 64, 64], "hidden": 64}),
+    ("resnet_gru", {"epochs": 12, "batch_size": 8}, {"width_divisor": 8}),
     ("voice_embedding", {}, {}),  # the default: ECAPA-TDNN
     ("voice_embedding", {}, {"encoder": "ge2e"}),
     ("voice_fusion", {}, {}),
@@ -161,7 +234,7 @@ DEMO_MODELS = [
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # separating the demo's songs and training seven models on two shared cores
+@pytest.mark.timeout(3600)  # separating the demo's songs and training nine models on two shared cores
 def test_every_model_trained_on_the_small_demo_library_names_the_held_out_songs(small_library, project_dirs):
     """The demo library through the pipeline up to its splits, then each model trained on the song
     split and evaluated on its held-out songs: each must name them well above chance (a broken

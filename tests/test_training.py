@@ -29,7 +29,7 @@ def _segments(songs_per_album: int = 3, albums: int = 2, clips_per_song: int = 3
                 for c in range(clips_per_song):
                     genre = "Pop" if artist != "Bass" else "Rock"
                     rows.append({"segment_id": f"{track}-{c}", "track_id": track, "artist": artist,
-                                 "album": f"{artist} album {a}", "over_genre": genre})  # fmt: skip
+                                 "album": f"{artist} album {a}", "over_genre": genre, "start_s": 10.0 * c})  # fmt: skip
     return pa.Table.from_pylist(rows)
 
 
@@ -107,11 +107,14 @@ def _tiny_project(tmp_path):
                     "wave_layers": 4},
         "speaker_net": {"channels": [32, 32, 32, 32, 96], "attention_channels": 16, "se_channels": 16,
                         "lin_neurons": 48},
+        "samplecnn": {"first_filters": 8, "filters": [8, 8, 16, 16, 16], "hidden": 16, "segment_samples": 729,
+                      "song_lstm": {"units": 8, "epochs": 20}},
+        "resnet_gru": {"width_divisor": 8, "blocks": [1, 1, 1], "gru_units": 16},
     }  # fmt: skip
     return params, segments, feature_table
 
 
-@pytest.mark.parametrize("model_name", ["crnn", "reconet", "speaker_net"])
+@pytest.mark.parametrize("model_name", ["crnn", "reconet", "speaker_net", "samplecnn", "resnet_gru"])
 def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_version(tmp_path, monkeypatch,
                                                                                    model_name):  # fmt: skip
     from ml.training.model_run import evaluate_and_log, train_and_log
@@ -146,6 +149,11 @@ def test_training_lowers_the_loss_and_mlflow_holds_the_run_and_a_registered_vers
     assert len(curve) == 3 and curve[0] == pytest.approx(report.metrics["song_mean_probability"]["accuracy"])
     run = client.get_run(out["run_id"])
     assert "test_song_mean_probability_macro_f1" in run.data.metrics
+    if model_name == "samplecnn":  # its song-level LSTM over the clip embeddings, measured beside the mean
+        assert report.metrics["song_lstm"]["count"] == report.metrics["song_mean_probability"]["count"]
+        assert run.data.metrics["test_song_lstm_macro_f1"] == pytest.approx(report.metrics["song_lstm"]["macro_f1"])
+    else:
+        assert "song_lstm" not in report.metrics
     for name in ("confusion.png", "top_k.png", "per_artist.csv", "metrics.json"):
         assert (paths.reports / "evaluation" / "song" / name).exists()
     summary = json.loads((paths.reports / "metrics.json").read_text())

@@ -24,7 +24,15 @@ def model_class(name: str) -> type[nn.Module]:
         from ml.models.speaker_net import SpeakerNet
 
         return SpeakerNet
-    raise ValueError(f"unknown model {name!r}: choose crnn, reconet or speaker_net")
+    if name == "samplecnn":
+        from ml.models.samplecnn import SampleCNN
+
+        return SampleCNN
+    if name == "resnet_gru":
+        from ml.models.resnet_gru import ResNetGRU
+
+        return ResNetGRU
+    raise ValueError(f"unknown model {name!r}: choose crnn, reconet, speaker_net, samplecnn or resnet_gru")
 
 
 def build_model(name: str, n_classes: int, n_mels: int, options: dict[str, Any] | None = None) -> nn.Module:

@@ -358,15 +358,22 @@ def evaluate_and_log(params: dict[str, Any], paths: config.Paths, kind: str, spl
     predictions = predictions_of(model, info, test_rows, params, paths, device, logger)
     train_rows = split_rows_of(splits, table, kind, "train", fold)
     train_rows = train_rows.filter(pc.is_in(train_rows.column("artist"), pa.array(info["classes"])))
-    open_set_metrics = open_set_figures(predictions_of(model, info, train_rows, params, paths, device, logger),
-                                        predictions, params, model is None)  # fmt: skip
+    train_predictions = predictions_of(model, info, train_rows, params, paths, device, logger)
+    open_set_metrics = open_set_figures(train_predictions, predictions, params, model is None)
     report_name = f"{kind}/fold{fold}" if kind == "kfold" else kind  # its reports' folder, its metrics.json key
     out_dir = paths.reports / "evaluation" / report_name
     report = evaluate(predictions, out_dir, f"{info['model']}, {kind} split")
     m = report.metrics
     m["open_set"] = open_set_metrics
+    song_lstm = getattr(model, "song_lstm", None)  # samplecnn: an LSTM over the songs' clip embeddings too
+    if song_lstm:
+        from ml.training.song_head import song_lstm_scores
+
+        m["song_lstm"] = song_lstm_scores(train_predictions, train_rows.column("start_s").to_pylist(), predictions,
+                                          test_rows.column("start_s").to_pylist(), song_lstm)  # fmt: skip
     write_text(json.dumps(m, indent=1), report.files["metrics"])
-    summary = {f"test_{level}_{name}": m[level][name] for level in ("segment", "song_majority", "song_mean_probability")
+    levels = ("segment", "song_majority", "song_mean_probability", *(("song_lstm",) if song_lstm else ()))
+    summary = {f"test_{level}_{name}": m[level][name] for level in levels
                for name in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")}  # fmt: skip
     if open_set_metrics:
         summary.update({"test_open_set_eer": open_set_metrics["eer"],
