@@ -183,7 +183,7 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
     settings = TrainParams.from_params(params)
     if is_embedding_model(settings.model):
         raise ValueError(f"{settings.model} is an embedding model: it has no network to train in parallel "
-                         "(`reconet run` fits it in one process); pass --model crnn, reconet or speaker_net")
+                         "(`reconet run` fits it in one process); pass --model a network (crnn, reconet, ...)")
     feature_params = FeatureParams.from_params(params)
     segments, features, splits = read_project_tables(paths)
     segments = segments.filter(pc.is_in(segments.column("segment_id"), splits.column("segment_id")))
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m ml.training.distributed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--kind", help="split kind to train on (default: train.split_kind in params.yaml)")
-    parser.add_argument("--model", help="crnn, reconet or speaker_net (default: train.model)")
+    parser.add_argument("--model", help="crnn, reconet, speaker_net, samplecnn or resnet_gru (default: train.model)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: train.epochs)")
     args = parser.parse_args(argv)
     params = config.load_params()
