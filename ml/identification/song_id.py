@@ -17,9 +17,9 @@ library's mixes, searched in an approximate-nearest-neighbour index (the fingerp
   their ``k`` nearest entries; the song is the one with the highest sum over windows of its best
   cosine similarity; its offset is the most supported alignment (entry offset − window start); the
   k-nearest vote's confidence is the share of all neighbours that are of that song. A mean best
-  similarity below the calibrated threshold answers "not in the library". The threshold is the
-  ``1 − false_accept_rate`` quantile of each excerpt's best similarity to *other* songs (leave one
-  song out, over a sample of the index's entries).
+  similarity's margin over the next song's below the calibrated threshold answers "not in the
+  library". The threshold is the ``1 − false_accept_rate`` quantile of that margin for excerpts
+  of the index with their own song left out (a sample of its entries).
 * **Genre**: a vote of the neighbours' songs' genres (seed 003), and seed 004's SVM on the 30
   Tzanetakis features of the excerpt (trained on the library's excerpts) beside it.
 """
@@ -61,6 +61,7 @@ class SongIndexParams:
     k: int = 10  # neighbours per window (the report's K = 10)
     false_accept_rate: float = 0.01  # the calibrated threshold's target on excerpts of other songs
     calibration_entries: int = 2000  # entries sampled for the calibration
+    calibration_query_s: float = 5.0  # the calibration's queries: this long (their windows' mean, as a query)
     hnsw_m: int = 16
     hnsw_ef_construction: int = 100
     hnsw_ef_search: int = 64
@@ -485,20 +486,35 @@ def _load_entries(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarra
         return {"song": z["song"].copy(), "offset_s": z["offset_s"].copy()}
 
 
+def margin(best: np.ndarray | float, second: np.ndarray | float) -> np.ndarray | float:
+    """How far the best song stands out: 1 − (its cosine distance / the next song's), in [0, 1]
+    (a ratio test: near-duplicate songs are both close, a matching excerpt is much closer)."""
+    return 1 - np.maximum(1 - best, 0) / np.maximum(1 - second, 1e-6)
+
+
 def calibrate_threshold(vectors: np.ndarray, owner: np.ndarray, p: SongIndexParams) -> float | None:
-    """The ``1 − false_accept_rate`` quantile of sampled entries' best cosine similarity to an
-    entry of another song (leave that song out): an excerpt of a song not in the library scores
-    like that. None with fewer than two songs."""
-    if len(set(owner.tolist())) < 2:
+    """The threshold on the margin (best song's similarity − the next song's): the ``1 −
+    false_accept_rate`` quantile of that margin for sampled entries with their own song left out,
+    as an excerpt of a song not in the library meets the index. (A margin, not the similarity
+    itself: quiet or plain passages are alike in every song.) None with fewer than three songs."""
+    order = np.argsort(owner, kind="stable")
+    vectors, owner = vectors[order], owner[order]
+    songs, first = np.unique(owner, return_index=True)
+    if len(songs) < 3:
         return None
     rng = np.random.default_rng(p.seed)
     sample = rng.choice(len(vectors), min(len(vectors), p.calibration_entries), replace=False)
-    best = []
+    run = max(1, round((p.calibration_query_s - p.excerpt_s) / p.hop_s) + 1)  # a query's windows, as entries
+    last = np.concatenate([first[1:], [len(owner)]])[np.searchsorted(songs, owner)] - 1  # each song's last entry
+    margins = []
     for chunk in np.array_split(sample, max(1, len(sample) // 256)):
-        sims = vectors[chunk] @ vectors.T
-        sims[owner[chunk][:, None] == owner[None, :]] = -1.0
-        best.append(sims.max(axis=1))
-    return float(np.quantile(np.concatenate(best), 1 - p.false_accept_rate))
+        rows = np.minimum(chunk[:, None] + np.arange(run)[None], last[chunk][:, None])  # consecutive excerpts
+        per_song = np.maximum.reduceat(vectors[rows.ravel()] @ vectors.T, first, axis=1)
+        per_song = per_song.reshape(len(chunk), run, len(songs)).mean(axis=1)  # the query's mean best per song
+        per_song[np.arange(len(chunk)), np.searchsorted(songs, owner[chunk])] = -np.inf  # leave its song out
+        top = -np.partition(-per_song, 1, axis=1)[:, :2]
+        margins.append(margin(top[:, 0], top[:, 1]))
+    return float(np.quantile(np.concatenate(margins), 1 - p.false_accept_rate))
 
 
 def _train_genre_svm(loaded: dict[str, ReleaseEntries], path: Path) -> list[str]:
@@ -572,8 +588,8 @@ class SongIndex:
         started = time.perf_counter()
         p, k = self.p, k or self.p.k
         result: dict[str, Any] = {"in_library": False, "song": None, "offset_s": None, "confidence": 0.0,
-                                  "score": None, "threshold": self.threshold, "candidates": [], "genre": None,
-                                  "genre_confidence": None, "genre_svm": None, "windows": 0}  # fmt: skip
+                                  "score": None, "margin": None, "threshold": self.threshold, "candidates": [],
+                                  "genre": None, "genre_confidence": None, "genre_svm": None, "windows": 0}  # fmt: skip
         if self.index is None or len(audio) == 0:
             result["query_ms"] = (time.perf_counter() - started) * 1e3
             return result
@@ -581,7 +597,8 @@ class SongIndex:
         starts = window_starts(log_mel.shape[1], p.window_frames, p.frames(p.query_hop_s))
         labels, sims = self.search(self.embedder.embed(log_mel, starts), k)
         window_s = starts * p.hop_length / p.sample_rate
-        best: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(len(starts)))
+        kth = sims[:, -1].astype(np.float64)  # a song absent from a window's neighbours scores at most this there
+        best: dict[int, np.ndarray] = defaultdict(lambda: kth.copy())
         votes: Counter = Counter()
         alignments: dict[int, Counter] = defaultdict(Counter)
         genres: Counter = Counter()
@@ -603,8 +620,10 @@ class SongIndex:
         result["windows"] = len(starts)
         if ranked:
             top = result["candidates"][0]
-            result.update(score=top["score"], confidence=top["votes"], offset_s=top["offset_s"])
-            result["in_library"] = self.threshold is None or top["score"] >= self.threshold
+            second = result["candidates"][1]["score"] if len(ranked) > 1 else float(kth.mean())
+            result.update(score=top["score"], margin=float(margin(top["score"], second)), confidence=top["votes"],
+                          offset_s=top["offset_s"])  # fmt: skip
+            result["in_library"] = self.threshold is None or result["margin"] >= self.threshold
             result["song"] = {k: top[k] for k in ("track_id", "artist", "title", "album", "release", "path", "genre")
                               if k in top} if result["in_library"] else None  # fmt: skip
             genre, count = genres.most_common(1)[0]
@@ -653,8 +672,8 @@ def song_result_text(result: dict[str, Any]) -> str:
     name = result["file"]
     if result["status"] == "error":
         return f"{name}: error: {result['error'].removeprefix(f'{name}: ')}"
-    rule = f"score {result['score']:.3f}" if result["score"] is not None else "no index entries"
-    if result["threshold"] is not None and result["score"] is not None:
+    rule = f"margin {result['margin']:.3f}" if result["margin"] is not None else "no index entries"
+    if result["threshold"] is not None and result["margin"] is not None:
         rule += f" {'>=' if result['in_library'] else '<'} threshold {result['threshold']:.3f}"
     if result["in_library"]:
         s = result["song"]
