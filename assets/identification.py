@@ -33,7 +33,7 @@ def predictions(context: dg.AssetExecutionContext, settings: ReconetSettings, sp
     """Every test song of the split kind identified by its trained model, as `reconet identify`
     answers (the clips the pipeline cut; ranking by mean probability; "unknown singer" by the
     open-set rule): track, truth, top-K with probabilities, the answer's score, the unknown flag."""
-    from ml.device import device_from_params
+    from ml.device import device_from_params, precision_from_params
     from ml.identification.identify import Identifier, top_k_of
     from ml.identification.predictions import predict_songs, summary
     from ml.training.model_run import load_trained, model_dir, split_rows_of
@@ -45,7 +45,8 @@ def predictions(context: dg.AssetExecutionContext, settings: ReconetSettings, sp
     _, info = load_trained(paths, kind)
     test_rows = split_rows_of(splits, segments, kind, "test")
     test_rows = test_rows.filter(pc.is_in(test_rows.column("artist"), pa.array(info["classes"], pa.string())))
-    identifier = Identifier.from_folder(model_dir(paths, info), info, device_from_params(params))
+    device = device_from_params(params)
+    identifier = Identifier.from_folder(model_dir(paths, info), info, device, precision_from_params(params, device))
     top_k = top_k_of(params)
     table = predict_songs(identifier, test_rows, paths.data, kind, top_k,
                           on_song=lambda n, total: n % 20 == 0 and context.log.info(f"{n}/{total} songs"))  # fmt: skip

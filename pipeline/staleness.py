@@ -22,6 +22,10 @@ from ml import config
 from ml.training.training import TrainParams
 from pipeline.jobs import process_release_job, refresh_job, training_job
 
+# what a model's training, evaluation and predictions run of ml/identification (not song_id, enrolment...)
+IDENTIFICATION_CODE = ("ml/identification/backend.py", "ml/identification/bundle.py",
+                       "ml/identification/bundle_code.py", "ml/identification/open_set.py",
+                       "ml/identification/identify.py")  # fmt: skip
 # asset -> (params.yaml sections, source files or folders relative to the project root)
 STEP_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tracks": (("library", "catalogue"),
@@ -30,26 +34,27 @@ STEP_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rejected": ((), ("ml/catalogue/rejected.py", "assets/catalogue.py")),
     "metadata_eda": (("cleaning", "genres", "eda"), ("ml/catalogue/eda.py", "ml/catalogue/cleaning.py",
                                                      "assets/metadata_eda.py")),
-    "vocals": (("separation",), ("ml/separation/separation.py", "ml/separation/unet.py", "ml/separation/stems.py",
-                                 "ml/audio.py", "assets/vocals.py")),
+    "vocals": (("separation", "compute"), ("ml/separation/separation.py", "ml/separation/unet.py",
+                                           "ml/separation/stems.py", "ml/audio.py", "assets/vocals.py")),
     "segments": (("segments",), ("ml/clips/segmentation.py", "ml/audio.py", "assets/segments.py")),
     "features": (("features",), ("ml/clips/features.py", "ml/clips/segmentation.py", "assets/segments.py")),
     "splits": (("splits",), ("ml/training/splits.py", "assets/training.py")),
-    "model": (("features", "train", "models", "augment", "open_set"),
+    "model": (("features", "train", "models", "augment", "open_set", "compute"),
               ("ml/training/training.py", "ml/clips/loader.py", "ml/clips/augment", "ml/models",
-               "ml/training/model_run.py", "ml/training/embedding_run.py", "ml/identification",
+               "ml/training/model_run.py", "ml/training/embedding_run.py", *IDENTIFICATION_CODE,
                "ml/clips/features.py", "ml/clips/segmentation.py", "ml/training/tracking.py", "assets/training.py",
                "ml/training/cross_validation.py")),
-    "evaluation": (("features", "train", "models", "open_set"),
+    "evaluation": (("features", "train", "models", "open_set", "compute"),
                    ("ml/training/evaluation.py", "ml/training/model_run.py", "ml/training/embedding_run.py",
-                    "ml/identification", "ml/models", "ml/clips/loader.py", "ml/clips/features.py",
+                    *IDENTIFICATION_CODE, "ml/models", "ml/clips/loader.py", "ml/clips/features.py",
                     "ml/clips/segmentation.py", "ml/training/tracking.py", "assets/training.py",
                     "ml/training/cross_validation.py")),
     "song_index": (("song_index",),
                    ("ml/identification/song_id.py", "ml/models/song_autoencoder.py", "ml/models/classical.py",
                     "ml/clips/features.py", "ml/clips/augment", "ml/audio.py", "assets/song_index.py")),
-    "predictions": (("identify", "open_set"),
-                    ("ml/identification", "ml/training/model_run.py", "ml/training/embedding_run.py", "ml/models",
+    "predictions": (("identify", "open_set", "compute"),
+                    (*IDENTIFICATION_CODE, "ml/identification/predictions.py", "ml/training/model_run.py",
+                     "ml/training/embedding_run.py", "ml/models",
                      "ml/clips/features.py", "ml/clips/segmentation.py", "assets/identification.py")),
 }  # fmt: skip
 # (inbox_identification is not here: it answers a recording once, with the champion of the day)
@@ -59,6 +64,7 @@ SPEED_ONLY_KEYS: dict[str, tuple[str, ...]] = {
     "catalogue": ("workers",),
     "separation": ("batch_chunks",),
     "features": ("batch_size",),
+    "compute": ("device",),
 }
 
 PER_RELEASE = ("tracks", "vocals", "segments", "features", "song_index")

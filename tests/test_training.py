@@ -66,7 +66,7 @@ def test_segment_split_is_leaky_and_kfold_tests_every_song_once():
 def test_artists_with_too_few_songs_or_albums_are_left_out_with_a_reason():
     table = _segments()
     lone = pa.Table.from_pylist([{"segment_id": "x-0", "track_id": "x", "artist": "Solo", "album": "One",
-                                  "over_genre": "Pop"}])  # fmt: skip
+                                  "over_genre": "Pop", "start_s": 0.0}])  # fmt: skip
     splits, excluded = split_segments(pa.concat_tables([table, lone]), SplitParams())
     reasons = {(e.artist, e.kind): e.reason for e in excluded}
     assert "1 song(s)" in reasons[("Solo", "song")] and "1 album(s)" in reasons[("Solo", "album")]

@@ -72,6 +72,7 @@ class RecordingClips:
     spans: list[tuple[float, float]]  # each clip's (start, end) in seconds of the recording
     duration_s: float
     separation_s: float  # seconds spent decoding and separating (0 when the stems were cached)
+    embeddings: np.ndarray | None = None  # an embedding model's clip embeddings, when already computed
 
 
 def recording_clips(path: Path, prep: dict[str, Any], params: dict[str, Any], paths: config.Paths, device,
@@ -180,14 +181,16 @@ class Identifier:
         return cls(info, {n: folder / n for n in BUNDLE_FILES if (folder / n).exists()}, device, precision)
 
     @torch.inference_mode()
-    def classify(self, clips: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    def classify(self, clips: np.ndarray, batch_size: int = 32, embeddings: np.ndarray | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
         """(each clip's probability per singer (N, classes), in ``classes`` order; the clips'
-        vectors in the references' space, or None without references)."""
+        vectors in the references' space, or None without references). An embedding model takes
+        the clips' ``embeddings`` when they were computed already (the pipeline's cache)."""
         audio = torch.from_numpy(np.ascontiguousarray(clips, np.float32))
         if self.embedding_model:
             from ml.identification.backend import probabilities, transform
 
-            x = self.embedder.embed(audio, batch_size)
+            x = self.embedder.embed(audio, batch_size) if embeddings is None else embeddings
             return probabilities(self.backend, x)[:, self.order], transform(self.backend, x)
         from ml.device import autocast
         from ml.models import logits, needs_audio
@@ -219,7 +222,7 @@ class Identifier:
         """The answer for one recording's clips: top-K singers by mean probability, the per-clip
         timeline, and the open-set answer."""
         started = time.perf_counter()
-        probabilities, vectors = self.classify(clips.clips)
+        probabilities, vectors = self.classify(clips.clips, embeddings=clips.embeddings)
         song = probabilities.mean(axis=0)
         best = np.argsort(-song)[:top_k]
         result: dict[str, Any] = {"top_k": [{"singer": self.classes[i], "probability": float(song[i])} for i in best]}

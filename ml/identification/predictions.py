@@ -39,8 +39,10 @@ SCHEMA = pa.schema(
 )
 
 
-def song_clips(rows: pa.Table, data_dir: Path) -> dict[str, tuple[RecordingClips, dict[str, Any]]]:
-    """Each track's clips (in time order) from the packed clip files, with its title, album and artist."""
+def song_clips(rows: pa.Table, data_dir: Path, embeddings: np.ndarray | None = None,
+               ) -> dict[str, tuple[RecordingClips, dict[str, Any]]]:  # fmt: skip
+    """Each track's clips (in time order) from the packed clip files, with its title, album and
+    artist (and the clips' rows of ``embeddings``, when given)."""
     positions: dict[str, list[int]] = defaultdict(list)
     for i, track in enumerate(rows.column("track_id").to_pylist()):
         positions[track].append(i)
@@ -52,7 +54,8 @@ def song_clips(rows: pa.Table, data_dir: Path) -> dict[str, tuple[RecordingClips
         where.sort(key=lambda i: starts[i])
         clips = packed.take(np.asarray(where)).astype(np.float32) / 32767
         spans = [(starts[i], ends[i]) for i in where]
-        songs[track] = (RecordingClips(clips, spans, max(e for _, e in spans), 0.0), described[where[0]])
+        vectors = embeddings[where] if embeddings is not None else None
+        songs[track] = (RecordingClips(clips, spans, max(e for _, e in spans), 0.0, vectors), described[where[0]])
     return songs
 
 
@@ -60,7 +63,12 @@ def predict_songs(identifier: Identifier, rows: pa.Table, data_dir: Path, kind: 
                   on_song=None) -> pa.Table:  # fmt: skip
     """One row per song of ``rows`` (segments of the test side): the model's answer for it."""
     out = []
-    songs = song_clips(rows, data_dir)
+    embeddings = None
+    if identifier.embedding_model:  # the evaluation embedded these clips already: from its cache
+        from ml.identification.backend import clip_embeddings
+
+        embeddings = clip_embeddings(rows, data_dir, identifier.embedder)
+    songs = song_clips(rows, data_dir, embeddings)
     for n, (track, (clips, about)) in enumerate(sorted(songs.items()), 1):
         everyone = identifier.identify(clips, top_k=len(identifier.classes))
         ranking = [t["singer"] for t in everyone["top_k"]]
