@@ -35,9 +35,12 @@ EXPECTED_EDGES = {
     ("segments", "splits"), ("splits", "model"), ("features", "model"), ("model", "evaluation"),
     ("splits", "evaluation"), ("tracks", "rejected"), ("clean_tracks", "rejected"), ("vocals", "rejected"),
     ("segments", "rejected"), ("clean_tracks", "metadata_eda"), ("rejected", "metadata_eda"),
+    ("evaluation", "predictions"), ("splits", "predictions"), ("segments", "predictions"),
 }  # fmt: skip
-EXPECTED_ASSETS = {a for edge in EXPECTED_EDGES for a in edge}
-PARTITIONED = {"tracks", "vocals", "segments", "features", "model", "evaluation"}  # by release / by split kind
+# and two that read files, not assets: the inbox's recordings, the library's mixes for the song index
+EXPECTED_ASSETS = {a for edge in EXPECTED_EDGES for a in edge} | {"inbox_identification", "song_index"}
+PARTITIONED = {"tracks", "vocals", "segments", "features", "model", "evaluation", "predictions", "song_index",
+               "inbox_identification"}  # by release / by split kind / by inbox recording
 
 ASSET_GRAPH_QUERY = """
 query AssetGraph {

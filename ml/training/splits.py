@@ -190,7 +190,8 @@ def processed_clips(splits: pa.Table, segments: pa.Table, features: pa.Table) ->
     left_out = []
     if segments.num_rows:
         cached = pc.is_in(segments.column("segment_id"), _segment_ids(features))
-        left_out = sorted(set(segments.filter(pc.invert(cached)).column("release").to_pylist()))
+        named_by = "release" if "release" in segments.column_names else "track_id"  # (a table made by hand)
+        left_out = sorted(set(segments.filter(pc.invert(cached)).column(named_by).to_pylist()))
         segments = segments.filter(cached)
     return splits.filter(pc.is_in(splits.column("segment_id"), _segment_ids(segments))), segments, left_out
 
