@@ -144,11 +144,13 @@ class Identifier:
     references): classifies clips and names a recording's singer."""
 
     def __init__(self, info: dict[str, Any], files: dict[str, Path], device, precision=None) -> None:
-        from ml.device import pick_precision
+        from ml.device import precision_from_params
         from ml.identification.backend import is_embedding_model
 
         self.info, self.device = info, torch.device(device)
-        self.precision = precision or pick_precision(self.device)  # what the networks compute in (ml/device.py)
+        # what the networks compute in: given, or params.yaml's compute.precision (ml/device.py), so that
+        # every caller (the champion rule's candidate, enrolment) computes as the bundle's loader does
+        self.precision = precision or precision_from_params(config.load_params(), self.device)
         self.classes = [str(c) for c in info["classes"]]
         self.embedding_model = is_embedding_model(info["model"])
         if self.embedding_model:
