@@ -272,3 +272,12 @@ def test_the_ecapa_encoder_loads_only_the_checkpoint_it_names(tmp_path):
     emb = encoder.embed(clips)
     assert emb.shape == (3, 192) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
     assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2])
+    # the contiguous convolutions (ecapa_encoder._contiguous_conv1d) compute what speechbrain's own do
+    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
+    plain = ECAPA_TDNN(80, channels=[1024, 1024, 1024, 1024, 3072], kernel_sizes=[5, 3, 3, 3, 1],
+                       dilations=[1, 2, 3, 4, 1], attention_channels=128, lin_neurons=192).eval()  # fmt: skip
+    plain.load_state_dict(torch.load(ecapa_encoder.weights_path(), map_location="cpu", weights_only=True))
+    with torch.no_grad():
+        expected = plain(feats - feats.mean(dim=1, keepdim=True), torch.ones(3)).squeeze(1)
+    assert torch.allclose(emb, expected / expected.norm(dim=1, keepdim=True), atol=1e-5)

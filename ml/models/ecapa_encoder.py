@@ -49,6 +49,32 @@ def _verified(path: str, size: int, mtime_ns: int) -> str:
     return digest
 
 
+@lru_cache(maxsize=1)
+def _contiguous_conv1d() -> type:
+    """speechbrain's ``Conv1d`` that makes its transposed input contiguous before the reflect padding
+    and the convolution. speechbrain pads and convolves the (batch, channels, time) view of a
+    (batch, time, channels) tensor; on that strided view the padding and the convolution are slow.
+    Measured (14 clips of 10 s, 2 threads): 8.13 -> 6.95 s per batch in float32, 5.49 -> 4.61 s
+    in bfloat16, the embeddings identical (largest difference 0.0)."""
+    from speechbrain.nnet import CNN
+
+    class ContiguousConv1d(CNN.Conv1d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = (x if self.skip_transpose else x.transpose(1, -1)).contiguous()
+            if self.unsqueeze:
+                x = x.unsqueeze(1)
+            if self.padding == "same":
+                x = self._manage_padding(x, self.kernel_size, self.dilation, self.stride)
+            elif self.padding != "valid":
+                raise ValueError(f"ECAPA-TDNN convolutions pad 'same' or 'valid', not {self.padding!r}")
+            out = self.conv(x)
+            if self.unsqueeze:
+                out = out.squeeze(1)
+            return out if self.skip_transpose else out.transpose(1, -1)
+
+    return ContiguousConv1d
+
+
 class EcapaEncoder(nn.Module):
     """Frozen ECAPA-TDNN: ``embed(audio)`` with audio (B, T) float32 at 16 kHz → (B, 192), L2-normalised."""
 
@@ -58,6 +84,7 @@ class EcapaEncoder(nn.Module):
         super().__init__()
         from speechbrain.lobes.features import Fbank
         from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+        from speechbrain.nnet import CNN  # its Conv1d: see _contiguous_conv1d
 
         path = weights_path()
         stat = path.stat()
@@ -67,6 +94,9 @@ class EcapaEncoder(nn.Module):
                                 dilations=[1, 2, 3, 4, 1], attention_channels=128,
                                 lin_neurons=EMBEDDING_SIZE)  # fmt: skip
         self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        for module in self.model.modules():
+            if type(module) is CNN.Conv1d:
+                module.__class__ = _contiguous_conv1d()
         self.requires_grad_(False)
         self.eval()
 
