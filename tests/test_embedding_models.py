@@ -281,3 +281,62 @@ def test_the_ecapa_encoder_loads_only_the_checkpoint_it_names(tmp_path):
     with torch.no_grad():
         expected = plain(feats - feats.mean(dim=1, keepdim=True), torch.ones(3)).squeeze(1)
     assert torch.allclose(emb, expected / expected.norm(dim=1, keepdim=True), atol=1e-5)
+
+
+def test_a_network_carries_references_and_a_calibrated_threshold_and_identify_applies_them(env):
+    """A network (speaker_net, raw clips) gets the open-set rule an embedding model has: its
+    penultimate-layer embeddings of the training and validation clips, standardised by the
+    training clips' statistics, make each singer's reference, and the threshold is calibrated on
+    the validation songs. The test recomputes the references from the saved weights, and checks
+    that identification answers by them: the best reference when it reaches the threshold,
+    "unknown singer" (None) when not, clip by clip the same."""
+    import torch
+
+    from ml.clips.features import FeatureParams, LogMel
+    from ml.clips.loader import SegmentDataset
+    from ml.identification.identify import Identifier, RecordingClips
+    from ml.training.embedding_run import load_normaliser, load_references
+    from ml.training.evaluation import predict
+    from ml.training.model_run import load_trained, model_dir, split_rows_of, train_and_log, with_features
+
+    artists = list(VOICES)[:6]
+    segments, features, packed = _project(env, artists)
+    params = _params("speaker_net")
+    params["train"].update(epochs=2, batch_size=8, augment=False, warmup_epochs=1)
+    paths = config.paths(params)
+    splits, _ = split_segments(segments, SplitParams(kinds=("song",), min_songs=3))
+    out = train_and_log(params, paths, "song", splits, segments, features, f"sqlite:///{env / 'm.db'}", "t",
+                        register=False)  # fmt: skip
+    folder = model_dir(paths, out)
+    info = json.loads((folder / "model.json").read_text())
+    assert isinstance(info["open_set"]["threshold"], float) and len(info["open_set"]["calibrated_on"]) == 2
+
+    table = with_features(segments, features)
+    rows = {w: split_rows_of(splits, table, "song", w) for w in ("train", "val")}
+    model, _ = load_trained(paths, "song", info)
+    log_mel = LogMel(FeatureParams.from_params(params))
+    sets = {w: predict(model, SegmentDataset(r, paths.data, info["classes"], source="audio"), torch.device("cpu"),
+                       log_mel=log_mel) for w, r in rows.items()}  # fmt: skip
+    normaliser = open_set.Normaliser.fit(sets["train"].embeddings)
+    labels = [p.classes[i] for p in sets.values() for i in p.labels]
+    expected = open_set.references(normaliser(np.concatenate([p.embeddings for p in sets.values()])), labels)
+    saved = load_references(folder / "references.safetensors")
+    assert sorted(saved) == sorted(info["classes"])
+    for singer, vector in expected.items():
+        assert np.allclose(saved[singer], vector, atol=1e-4), singer
+    assert np.allclose(load_normaliser(folder / "references.safetensors").mean, normaliser.mean, atol=1e-5)
+
+    identifier = Identifier.from_folder(folder, info, "cpu", torch.float32)
+    test_rows = split_rows_of(splits, table, "song", "test")
+    track = test_rows.column("track_id")[0].as_py()
+    picked = [i for i, t in enumerate(segments.column("track_id").to_pylist()) if t == track]
+    clips = RecordingClips(packed[picked].astype(np.float32) / 32767, [(3.0 * i, 3.0 * i + 3) for i in range(len(picked))],
+                           3.0 * len(picked), 0.0)  # fmt: skip
+    result = identifier.identify(clips, top_k=3)
+    threshold = info["open_set"]["threshold"]
+    assert result["threshold"] == threshold and len(result["references"]) == 3
+    best = result["references"][0]
+    assert result["singer"] == (best["singer"] if best["score"] >= threshold else None)
+    assert result["unknown"] == (best["score"] < threshold)
+    for clip in result["timeline"]:
+        assert (clip["singer"] is None) == (clip["confidence"] < threshold)

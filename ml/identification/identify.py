@@ -4,8 +4,10 @@ A recording is decoded and separated (the torch backend, into the project's stem
 the file's content), cut into clips with the parameters the model was trained with (its bundle's
 ``preprocessing``), and each clip is classified. The song's ranking is the clips' mean
 probability; the answer is the best-scoring singer's reference (enrolled singers included) when its
-cosine score reaches the model's open-set threshold, "unknown singer" when it does not (a network,
-which has no references, answers its most probable singer). A recording without singing answers
+cosine score reaches the model's open-set threshold, "unknown singer" when it does not. An
+embedding model's references are in its back-end's space; a network's in its penultimate layer's,
+standardised (``model_run.network_open_set``); a network trained before that was kept answers its
+most probable singer. A recording without singing answers
 "no vocals found"; one that cannot be decoded gets an error naming it and the reason.
 """
 
@@ -171,11 +173,12 @@ class Identifier:
             self.network.load_state_dict(load_file(str(files["model.safetensors"])))
             self.network.eval().to(self.device)
             self.log_mel = LogMel(features).to(self.device)
-        self.references = {}
+        self.references, self.normaliser = {}, open_set.Normaliser.unit_only()
         if "references.safetensors" in files:
-            from ml.training.embedding_run import load_references
+            from ml.training.embedding_run import load_normaliser, load_references
 
             self.references = load_references(files["references.safetensors"])
+            self.normaliser = load_normaliser(files["references.safetensors"])  # a network's standardisation
 
     @classmethod
     def from_folder(cls, folder: Path, info: dict[str, Any], device, precision=None) -> Identifier:
@@ -195,16 +198,20 @@ class Identifier:
             x = self.embedder.embed(audio, batch_size) if embeddings is None else embeddings
             return probabilities(self.backend, x)[:, self.order], transform(self.backend, x)
         from ml.device import autocast
-        from ml.models import logits, needs_audio
+        from ml.models import embed, needs_audio
 
-        out = []
+        out, vectors = [], []
         for start in range(0, len(audio), batch_size):
             batch = audio[start : start + batch_size].to(self.device)
             log_mel = self.log_mel(batch)  # float32
-            with autocast(self.device, self.precision):
-                scores = logits(self.network, log_mel, batch if needs_audio(self.network) else None)
+            with autocast(self.device, self.precision):  # as evaluation's predict: the penultimate layer, then the classifier
+                embedding = embed(self.network, log_mel, batch if needs_audio(self.network) else None)
+                scores = self.network.classifier(embedding)
             out.append(torch.softmax(scores.float(), dim=1).cpu().numpy())
-        return np.concatenate(out), None
+            vectors.append(embedding.float().cpu().numpy())
+        if not self.references:  # a network trained before its references were kept
+            return np.concatenate(out), None
+        return np.concatenate(out), self.normaliser(np.concatenate(vectors))
 
     def song_vector(self, vectors: np.ndarray) -> np.ndarray:
         """A recording's reference vector: the unit-length mean of its clips' unit vectors."""

@@ -54,12 +54,17 @@ def embedder_for(info_or_settings: dict[str, Any], device, precision=None) -> tu
 _EMBEDDERS: dict[tuple[str, str, str, str], ClipEmbedder] = {}
 
 
-def save_references(refs: dict[str, np.ndarray], path: Path) -> Path:
+def save_references(refs: dict[str, np.ndarray], path: Path, normaliser: open_set.Normaliser | None = None) -> Path:
+    """Each singer's reference vector; with ``normaliser``, the standardisation a query's vectors
+    take before they are compared with them (a network's penultimate layer; an embedding model's
+    back-end space needs none)."""
     from safetensors.numpy import save_file
 
+    tensors = {"vectors": np.stack(list(refs.values())).astype(np.float32)}
+    if normaliser is not None:
+        tensors.update(mean=np.asarray(normaliser.mean, np.float32), scale=np.asarray(normaliser.scale, np.float32))
     with atomic_path(path) as tmp:
-        save_file({"vectors": np.stack(list(refs.values())).astype(np.float32)}, str(tmp),
-                  metadata={"singers": json.dumps(list(refs))})  # fmt: skip
+        save_file(tensors, str(tmp), metadata={"singers": json.dumps(list(refs))})
     return path
 
 
@@ -70,6 +75,16 @@ def load_references(path: Path) -> dict[str, np.ndarray]:
         names = json.loads(f.metadata()["singers"])
         vectors = f.get_tensor("vectors")
     return dict(zip(names, vectors, strict=True))
+
+
+def load_normaliser(path: Path) -> open_set.Normaliser:
+    """The standardisation saved with the references (unit length only when none was)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "numpy") as f:
+        if "mean" not in f.keys():
+            return open_set.Normaliser.unit_only()
+        return open_set.Normaliser(f.get_tensor("mean").astype(np.float64), f.get_tensor("scale").astype(np.float64))
 
 
 def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model_name: str, options: dict[str, Any],

@@ -146,8 +146,10 @@ def train_and_log(params: dict[str, Any], paths: config.Paths, kind: str, split_
             info = json.loads(done.read_text(encoding="utf-8"))
             logger.info(f"the {kind} model was already trained with this configuration and data ({run_dir})")
         else:
+            rule = network_open_set(result.model, SegmentDataset(train_rows, paths.data, classes, source=eval_source),
+                                    val_set, params, device, run_dir)  # fmt: skip
             info = _record(result, run_dir, run.info.run_id, settings, preprocessing(params, paths), classes, kind,
-                           version, tracking_uri, registered_model if register else None, logger)  # fmt: skip
+                           version, tracking_uri, registered_model if register else None, logger, rule)  # fmt: skip
     write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")
     best = next((h for h in result.history if h.epoch == result.best_epoch), result.history[-1])
     return {**info, "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
@@ -210,12 +212,44 @@ def _train_embedding_model(params: dict[str, Any], paths: config.Paths, kind: st
             "seconds": time.perf_counter() - started}  # fmt: skip
 
 
+def network_open_set(model: torch.nn.Module, train_set: SegmentDataset, val_set: SegmentDataset,
+                     params: dict[str, Any], device, run_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """A network's open-set rule, made as an embedding model's (``embedding_run.fit_and_record``):
+    its penultimate-layer embeddings of the training and validation clips, standardised by the
+    training clips' statistics; each singer's reference (saved with that standardisation as
+    ``references.safetensors``), and the threshold calibrated on the validation songs with
+    ``open_set.holdout_artists`` singers held out of the references. Without held-out singers (too
+    few singers) there is no threshold: the closest reference is the answer."""
+    from ml.clips.features import LogMel
+    from ml.identification import open_set
+    from ml.training.embedding_run import save_references
+
+    log_mel = LogMel(FeatureParams.from_params(params)).to(device)
+    precision = precision_from_params(params, device)
+    model = model.to(device)
+    train, val = (predict(model, dataset, device, log_mel=log_mel, precision=precision) for dataset in (train_set, val_set))
+    names = lambda p: [p.classes[i] for i in p.labels]  # noqa: E731
+    normaliser = open_set.Normaliser.fit(train.embeddings)
+    settings = open_set.OpenSetParams.from_params(params)
+    held_out = open_set.held_out_artists(train.classes, settings.holdout_artists, settings.seed)
+    calibration = None
+    if held_out and len(val.labels):
+        calibration = open_set.open_set_trial(train.embeddings, names(train), val.embeddings, names(val),
+                                              val.track_ids, held_out, settings.far, normaliser=normaliser)  # fmt: skip
+    refs = open_set.references(normaliser(np.concatenate([train.embeddings, val.embeddings])), names(train) + names(val))
+    save_references(refs, run_dir / "references.safetensors", normaliser)
+    return {"threshold": calibration["threshold"] if calibration else None, "far": settings.far,
+            "calibrated_on": held_out, "val_eer": calibration["eer"] if calibration else None}  # fmt: skip
+
+
 def _record(result, run_dir: Path, run_id: str, settings: TrainParams, prep: dict[str, Any], classes: list[str],
-            kind: str, version: str, tracking_uri: str, registered_model: str | None, logger) -> dict[str, Any]:
+            kind: str, version: str, tracking_uri: str, registered_model: str | None, logger,
+            open_set_rule: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Save a finished run's weights and log them, with the model's pyfunc bundle
-    (``ml/identification/bundle.py``), to its (active) MLflow run; register it when
-    ``registered_model`` is given (once per run: a run recorded again after a crash before its
-    marker keeps its version). ``model.json`` is written last: it marks the run as finished."""
+    (``ml/identification/bundle.py``; ``open_set_rule``: what :func:`network_open_set` made), to its
+    (active) MLflow run; register it when ``registered_model`` is given (once per run: a run
+    recorded again after a crash before its marker keeps its version). ``model.json`` is written
+    last: it marks the run as finished."""
     import mlflow
     from safetensors.torch import save_file
 
@@ -228,7 +262,11 @@ def _record(result, run_dir: Path, run_id: str, settings: TrainParams, prep: dic
     info = {"model": settings.model, "model_options": settings.model_options, "classes": classes,
             "n_mels": prep["features"]["n_mels"], "preprocessing": prep, "kind": kind, "run_id": run_id,
             "data_version": version, "best_epoch": result.best_epoch, "version": None,
+            "open_set": open_set_rule or {"threshold": None},
             "dir": run_dir.relative_to(run_dir.parents[2]).as_posix()}  # fmt: skip
+    if open_set_rule and open_set_rule["threshold"] is not None:
+        mlflow.log_metric("open_set_threshold", open_set_rule["threshold"])
+        mlflow.log_metric("val_open_set_eer", open_set_rule["val_eer"])
     # ("dir" is relative to the data folder: a moved or DVC-pulled project still finds it)
     mlflow.log_artifact(str(weights), "weights")
     mlflow.log_metric("best_epoch", result.best_epoch)
