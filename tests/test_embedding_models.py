@@ -330,8 +330,8 @@ def test_a_network_carries_references_and_a_calibrated_threshold_and_identify_ap
     test_rows = split_rows_of(splits, table, "song", "test")
     track = test_rows.column("track_id")[0].as_py()
     picked = [i for i, t in enumerate(segments.column("track_id").to_pylist()) if t == track]
-    clips = RecordingClips(packed[picked].astype(np.float32) / 32767, [(3.0 * i, 3.0 * i + 3) for i in range(len(picked))],
-                           3.0 * len(picked), 0.0)  # fmt: skip
+    spans = [(3.0 * i, 3.0 * i + 3) for i in range(len(picked))]
+    clips = RecordingClips(packed[picked].astype(np.float32) / 32767, spans, 3.0 * len(picked), 0.0)
     result = identifier.identify(clips, top_k=3)
     threshold = info["open_set"]["threshold"]
     assert result["threshold"] == threshold and len(result["references"]) == 3

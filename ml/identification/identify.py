@@ -204,7 +204,8 @@ class Identifier:
         for start in range(0, len(audio), batch_size):
             batch = audio[start : start + batch_size].to(self.device)
             log_mel = self.log_mel(batch)  # float32
-            with autocast(self.device, self.precision):  # as evaluation's predict: the penultimate layer, then the classifier
+            # as evaluation's predict: the penultimate layer, then the classifier
+            with autocast(self.device, self.precision):
                 embedding = embed(self.network, log_mel, batch if needs_audio(self.network) else None)
                 scores = self.network.classifier(embedding)
             out.append(torch.softmax(scores.float(), dim=1).cpu().numpy())

@@ -49,7 +49,15 @@ from ml.device import device_from_params, precision_name
 from ml.identification.backend import is_embedding_model
 from ml.identification.identify import preprocessing
 from ml.tables import read_table, write_text
-from ml.training.model_run import _record, _start_logging, network_open_set, augmenters_for, data_version, split_rows_of, with_features
+from ml.training.model_run import (
+    _record,
+    _start_logging,
+    augmenters_for,
+    data_version,
+    network_open_set,
+    split_rows_of,
+    with_features,
+)
 from ml.training.tracking import REGISTERED_MODEL, mlflow_run, tracking_uri
 from ml.training.training import SingleProcess, TrainParams, dataset_sources, train, training_precision
 
@@ -233,8 +241,8 @@ def train_split(params: dict[str, Any], paths: config.Paths, kind: str, parallel
                 info = json.loads(done.read_text(encoding="utf-8"))
             else:
                 register = kind == settings.split_kind  # as the `model` asset: the primary kind's model only
-                rule = network_open_set(result.model, SegmentDataset(train_rows, paths.data, classes, source=eval_source),
-                                        val_set, params, parallel.device, run_dir)  # fmt: skip
+                references_set = SegmentDataset(train_rows, paths.data, classes, source=eval_source)
+                rule = network_open_set(result.model, references_set, val_set, params, parallel.device, run_dir)
                 info = _record(result, run_dir, run.info.run_id, settings, preprocessing(params, paths), classes,
                                kind, version, uri, registered_model if register else None, logger, rule)  # fmt: skip
             write_text(json.dumps(info, indent=1), paths.data / "models" / kind / "current.json")

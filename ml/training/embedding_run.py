@@ -82,7 +82,7 @@ def load_normaliser(path: Path) -> open_set.Normaliser:
     from safetensors import safe_open
 
     with safe_open(str(path), "numpy") as f:
-        if "mean" not in f.keys():
+        if "mean" not in f.keys():  # noqa: SIM118 - safe_open is no mapping
             return open_set.Normaliser.unit_only()
         return open_set.Normaliser(f.get_tensor("mean").astype(np.float64), f.get_tensor("scale").astype(np.float64))
 

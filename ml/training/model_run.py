@@ -227,7 +227,7 @@ def network_open_set(model: torch.nn.Module, train_set: SegmentDataset, val_set:
     log_mel = LogMel(FeatureParams.from_params(params)).to(device)
     precision = precision_from_params(params, device)
     model = model.to(device)
-    train, val = (predict(model, dataset, device, log_mel=log_mel, precision=precision) for dataset in (train_set, val_set))
+    train, val = (predict(model, data, device, log_mel=log_mel, precision=precision) for data in (train_set, val_set))
     names = lambda p: [p.classes[i] for i in p.labels]  # noqa: E731
     normaliser = open_set.Normaliser.fit(train.embeddings)
     settings = open_set.OpenSetParams.from_params(params)
@@ -236,7 +236,8 @@ def network_open_set(model: torch.nn.Module, train_set: SegmentDataset, val_set:
     if held_out and len(val.labels):
         calibration = open_set.open_set_trial(train.embeddings, names(train), val.embeddings, names(val),
                                               val.track_ids, held_out, settings.far, normaliser=normaliser)  # fmt: skip
-    refs = open_set.references(normaliser(np.concatenate([train.embeddings, val.embeddings])), names(train) + names(val))
+    both = np.concatenate([train.embeddings, val.embeddings])
+    refs = open_set.references(normaliser(both), names(train) + names(val))
     save_references(refs, run_dir / "references.safetensors", normaliser)
     return {"threshold": calibration["threshold"] if calibration else None, "far": settings.far,
             "calibrated_on": held_out, "val_eer": calibration["eer"] if calibration else None}  # fmt: skip
