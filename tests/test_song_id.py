@@ -237,3 +237,18 @@ def test_the_song_index_asset_indexes_each_release_and_drops_a_removed_one(small
     assert sorted(after["releases"]) == keys[1:] and after["deleted_releases"] == [gone]
     assert after["live"] == index.manifest["live"] - (index.manifest["releases"][gone]["stop"]
                                                       - index.manifest["releases"][gone]["start"])  # fmt: skip
+
+
+def test_the_autoencoders_augmentation_masks_each_excerpt_on_its_own_whatever_the_batch_size():
+    """One frequency band and one time span of at most 8 masked per excerpt (the report's
+    augmentation), drawn for each excerpt: a batch of 36 (not the 64 mel bands) works, and the
+    excerpts' masked bands differ."""
+    import torch
+
+    images = torch.full((36, 1, 64, 64), 0.5)
+    out = song_id.augment_images(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    masked_rows = [set(torch.nonzero(img[0].mean(dim=1) < 0.1).flatten().tolist()) for img in out]
+    masked_cols = [set(torch.nonzero(img[0].mean(dim=0) < 0.1).flatten().tolist()) for img in out]
+    assert all(len(r) <= 10 and len(c) <= 12 for r, c in zip(masked_rows, masked_cols, strict=True))  # shifts and rolls
+    assert sum(bool(r) for r in masked_rows) >= 20 and len({frozenset(r) for r in masked_rows}) >= 10

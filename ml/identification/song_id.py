@@ -224,7 +224,7 @@ def train_autoencoder(log_mels: list[np.ndarray], genres: list[str], p: SongInde
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         if logger:
             logger.info(f"song autoencoder epoch {epoch + 1}/{p.epochs}: loss {total / len(images):.4f}")
     return model.eval(), names
@@ -239,7 +239,7 @@ def augment_images(images: torch.Tensor, generator: torch.Generator) -> torch.Te
     x = time_roll(images[:, 0], torch.randint(-4, 5, (n,), generator=generator))
     shifted = torch.randint(-2, 3, (n,), generator=generator)
     x = torch.stack([torch.roll(row, int(s), dims=0) for row, s in zip(x, shifted, strict=True)])
-    draw = lambda high: torch.randint(0, high, (n,), generator=generator)  # noqa: E731
+    draw = lambda high: torch.randint(0, high, (n, 1), generator=generator)  # noqa: E731 - one mask per excerpt
     x = time_mask(frequency_mask(x, draw(56), draw(9), 0.0), draw(56), draw(9), 0.0)
     x = x + 0.05 * torch.rand(n, 1, 1, generator=generator) * torch.randn(x.shape, generator=generator)
     return x.clamp(0, 1)[:, None]
