@@ -348,6 +348,10 @@ def main() -> int:
         results[f"reconet {embedding}"] = run_reconet(index, queries, indexed)
         genre[embedding] = _genre_accuracy(index, queries, songs)
         print(f"{embedding}: built {builds[embedding]}", flush=True)
+        partial = {"rows": table_rows(queries, results), "builds": builds, "genre": genre, "partial": True}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        # kept if a later step fails
+        (RESULTS / "song_id.json").write_text(json.dumps(partial, indent=1, default=float))
         if embedding == "pooled_log_mel" and not args.quick:
             builds["scaling"] = scaling(folder, p, embedder, queries, len(indexed),
                                         tuple(int(x) for x in args.scaling.split(",")))  # fmt: skip
