@@ -82,7 +82,8 @@ def test_two_processes_share_every_epoch_and_rank_0_writes_a_single_process_chec
     epoch_lines = [line for line in output.splitlines() if "epoch 2/2: train loss" in line]
     assert len(epoch_lines) == 1 and "rank 0 INFO" in epoch_lines[0]
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "bundle.json", "checkpoint.pt", "distributed.json", "mlflow_run_id", "model.json", "model.safetensors"
+        "bundle.json", "checkpoint.pt", "distributed.json", "mlflow_run_id", "model.json", "model.safetensors",
+        "references.safetensors",  # the open-set rule's references (model_run.network_open_set)
     ]  # fmt: skip
 
     # the checkpoint is a single-process one: loads with weights_only into the plain model

@@ -183,7 +183,9 @@ def _registered_bundle_classifies_raw_clips_as_the_trained_network(uri, paths, d
     cached = torch.from_numpy(np.load(data / "features" / "f.npy")[:12].astype(np.float32))
     with torch.inference_mode():
         scores = logits(model, cached, torch.from_numpy(audio) if needs_audio(model) else None)
-    assert bundle.identifier.classes == info["classes"] and vectors is None
+    assert bundle.identifier.classes == info["classes"]
+    # the network's open-set vectors: its penultimate layer, standardised as its references were, unit length
+    assert vectors.shape[0] == 12 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert np.allclose(probabilities, torch.softmax(scores, 1).numpy(), atol=0.02)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
