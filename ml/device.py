@@ -61,14 +61,21 @@ def cpu_capability() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}, " + (", ".join(flags) if flags else "no bfloat16 units")
 
 
-def pick_precision(device: torch.device | str, preference: str | None = None, cuda_half: bool = False) -> torch.dtype:
-    """The type the networks compute in on ``device``: ``RECONET_PRECISION``, else ``preference``,
-    else ``auto``. ``cuda_half``: the stage's own float16 switch, which ``auto`` follows on CUDA."""
-    device = torch.device(device)
+def precision_choice(preference: str | None = None) -> str:
+    """What was asked for, one of :data:`PRECISIONS`: ``RECONET_PRECISION``, else ``preference``
+    (``compute.precision``), else ``auto``."""
     choice = (os.environ.get("RECONET_PRECISION") or preference or "auto").strip().lower()
     if choice not in PRECISIONS:
         raise ValueError(f"unknown precision {choice!r} (compute.precision / RECONET_PRECISION): "
                          f"{', '.join(PRECISIONS)}")  # fmt: skip
+    return choice
+
+
+def pick_precision(device: torch.device | str, preference: str | None = None, cuda_half: bool = False) -> torch.dtype:
+    """The type the networks compute in on ``device`` for :func:`precision_choice`'s answer.
+    ``cuda_half``: the stage's own float16 switch, which ``auto`` follows on CUDA."""
+    device = torch.device(device)
+    choice = precision_choice(preference)
     if choice == "fp32":
         return torch.float32
     if choice == "bf16":

@@ -162,3 +162,23 @@ def open_set_trial(train_vectors: np.ndarray, train_artists: list[str], query_ve
         "identification_rate_at_far": float((correct & accepted)[is_known].mean()) if is_known.any() else float("nan"),
         "closed_set_song_accuracy": float(correct[is_known].mean()) if is_known.any() else float("nan"),
     }  # fmt: skip
+
+
+def calibrated_rule(classes: list[str], train_vectors: np.ndarray, train_artists: list[str], val_vectors: np.ndarray,
+                    val_artists: list[str], val_tracks: list[str], params: dict[str, Any],
+                    normaliser: Normaliser) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
+    """What a trained model records for its open-set answer, an embedding model's and a network's
+    alike: the rule (the threshold calibrated on the validation songs with ``open_set.holdout_artists``
+    of ``classes`` held out of the references, at ``open_set.far``; no threshold without enough
+    singers) and every singer's reference from its training and validation clips, both in
+    ``normaliser``'s space."""
+    settings = OpenSetParams.from_params(params)
+    held_out = held_out_artists(classes, settings.holdout_artists, settings.seed)
+    calibration = None
+    if held_out:
+        calibration = open_set_trial(train_vectors, train_artists, val_vectors, val_artists, val_tracks, held_out,
+                                     settings.far, normaliser=normaliser)  # fmt: skip
+    refs = references(normaliser(np.concatenate([train_vectors, val_vectors])), train_artists + val_artists)
+    rule = {"threshold": calibration["threshold"] if calibration else None, "far": settings.far,
+            "calibrated_on": held_out, "val_eer": calibration["eer"] if calibration else None}  # fmt: skip
+    return rule, refs

@@ -114,27 +114,20 @@ def fit_and_record(params: dict[str, Any], paths: config.Paths, kind: str, model
         val_loss = float(log_loss(y_val, probabilities(pipeline, x_val), labels=list(pipeline.classes_)))
     identity = open_set.Normaliser.unit_only()  # the back-end's space is standardised already
     t_train, t_val = transform(pipeline, x_train), transform(pipeline, x_val)
-    settings_open = open_set.OpenSetParams.from_params(params)
-    held_out = open_set.held_out_artists(classes, settings_open.holdout_artists, settings_open.seed)
-    calibration = None
-    if held_out:
-        calibration = open_set.open_set_trial(t_train, y_train, t_val, y_val, val_rows.column("track_id").to_pylist(),
-                                              held_out, settings_open.far, normaliser=identity)  # fmt: skip
-    refs = open_set.references(identity(np.concatenate([t_train, t_val])), y_train + y_val)
+    rule, refs = open_set.calibrated_rule(classes, t_train, y_train, t_val, y_val,
+                                          val_rows.column("track_id").to_pylist(), params, identity)  # fmt: skip
     save_backend(pipeline, run_dir / "backend.skops")
     save_references(refs, run_dir / "references.safetensors")
     info = {"model": model_name, "model_options": options, "classes": classes, "kind": kind, "run_id": run_id,
             "data_version": version, "best_epoch": 0, "version": None, "embedding": embedder.key,
-            "open_set": {"threshold": calibration["threshold"] if calibration else None,
-                         "far": settings_open.far, "calibrated_on": held_out,
-                         "val_eer": calibration["eer"] if calibration else None},
+            "open_set": rule,
             "enrolled": [], "val_accuracy": val_accuracy, "preprocessing": preprocessing(params, paths),
             "fit_seconds": time.perf_counter() - started,
             "dir": run_dir.relative_to(run_dir.parents[2]).as_posix()}  # fmt: skip
     mlflow.log_metrics({"val_accuracy": val_accuracy, "val_loss": val_loss, "embed_seconds": embed_seconds,
                         "fit_seconds": info["fit_seconds"]})  # fmt: skip
-    if calibration:
-        mlflow.log_metrics({"val_open_set_eer": calibration["eer"], "open_set_threshold": calibration["threshold"]})
+    if rule["threshold"] is not None:
+        mlflow.log_metrics({"val_open_set_eer": rule["val_eer"], "open_set_threshold": rule["threshold"]})
     logger.info(f"{model_name} on the {kind} split: validation accuracy {val_accuracy:.3f} "
                 f"({len(y_train)} training clips, {info['fit_seconds']:.0f} s)")  # fmt: skip
     return info

@@ -230,17 +230,10 @@ def network_open_set(model: torch.nn.Module, train_set: SegmentDataset, val_set:
     train, val = (predict(model, data, device, log_mel=log_mel, precision=precision) for data in (train_set, val_set))
     names = lambda p: [p.classes[i] for i in p.labels]  # noqa: E731
     normaliser = open_set.Normaliser.fit(train.embeddings)
-    settings = open_set.OpenSetParams.from_params(params)
-    held_out = open_set.held_out_artists(train.classes, settings.holdout_artists, settings.seed)
-    calibration = None
-    if held_out and len(val.labels):
-        calibration = open_set.open_set_trial(train.embeddings, names(train), val.embeddings, names(val),
-                                              val.track_ids, held_out, settings.far, normaliser=normaliser)  # fmt: skip
-    both = np.concatenate([train.embeddings, val.embeddings])
-    refs = open_set.references(normaliser(both), names(train) + names(val))
+    rule, refs = open_set.calibrated_rule(train.classes, train.embeddings, names(train), val.embeddings, names(val),
+                                          val.track_ids, params, normaliser)  # fmt: skip
     save_references(refs, run_dir / "references.safetensors", normaliser)
-    return {"threshold": calibration["threshold"] if calibration else None, "far": settings.far,
-            "calibrated_on": held_out, "val_eer": calibration["eer"] if calibration else None}  # fmt: skip
+    return rule
 
 
 def _record(result, run_dir: Path, run_id: str, settings: TrainParams, prep: dict[str, Any], classes: list[str],
