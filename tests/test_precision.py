@@ -79,12 +79,14 @@ def test_training_precision_and_the_run_identity(cpu_with_bf16):
     params = {**params, "compute": {**params.get("compute", {}), "device": "cpu", "precision": "auto"}}
     settings = TrainParams.from_params(params)
     cpu_with_bf16(True)
-    assert training_precision(params, CPU) == torch.float32  # auto trains in float32 on a CPU (not at parity)
-    explicit = {**params, "compute": {**params["compute"], "precision": "bf16"}}
-    assert training_precision(explicit, CPU) == torch.bfloat16
-    assert run_identity(explicit, config.paths(), settings)["precision"] == "bf16"  # another run than float32's
+    assert training_precision(params, CPU) == torch.bfloat16  # auto: bfloat16 autocast where the CPU has the units
+    assert run_identity(params, config.paths(), settings)["precision"] == "bf16"  # another run than float32's
+    fp32 = {**params, "compute": {**params["compute"], "precision": "fp32"}}
+    assert training_precision(fp32, CPU) == torch.float32
     cpu_with_bf16(False)
     assert training_precision(params, CPU) == torch.float32
+    explicit = {**params, "compute": {**params["compute"], "precision": "bf16"}}
+    assert training_precision(explicit, CPU) == torch.bfloat16  # asked for: emulated, but asked
     assert "precision" not in run_identity(params, config.paths(), settings)  # float32 runs keep their digest
     crnn = {**params, "train": {**params["train"], "model": "crnn", "mixed_precision": True}}
     embedding = {**params, "train": {**params["train"], "model": "voice_embedding", "mixed_precision": True}}

@@ -437,3 +437,8 @@ def test_evaluation_metrics_match_values_worked_out_by_hand(tmp_path):
     assert m["error_rate_by_genre"] == approx({"Pop": 0.5, "Rock": 2 / 3}) and m["errors"] == 6
     assert m["errors_within_genre_share"] == approx(1 / 3)
     assert m["confusion"] == [[3, 2, 0], [0, 1, 2], [0, 2, 1]]
+    # the true artist's probability per artist: A (0.6 + 0.2 + 0.5 + 0.4 + 0.9) / 5, B 0.75 / 3, C 1.75 / 3
+    assert m["segment"]["macro_true_probability"] == approx((0.52 + 0.25 + 1.75 / 3) / 3)
+    blind = Predictions(probabilities=np.tile([0.9, 0.05, 0.05], (11, 1)), embeddings=pred.embeddings,
+                        labels=pred.labels, track_ids=pred.track_ids, genres=pred.genres, classes=pred.classes)
+    assert evaluate(blind, tmp_path / "blind", "blind").metrics["segment"]["macro_true_probability"] == approx(1 / 3)

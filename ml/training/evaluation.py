@@ -67,14 +67,25 @@ def predict(model: torch.nn.Module, dataset: SegmentDataset, device: torch.devic
     )
 
 
-def _scores(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, float]:
+def _scores(truth: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, n_classes: int) -> dict[str, float]:
     labels = list(range(n_classes))
-    scores = {"accuracy": float(np.mean(truth == predicted)) if len(truth) else 0.0, "count": int(len(truth))}
+    scores = {"accuracy": float(np.mean(truth == predicted)) if len(truth) else 0.0, "count": int(len(truth)),
+              "macro_true_probability": macro_true_probability(truth, probabilities)}  # fmt: skip
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average=average,
                                                      zero_division=0)  # fmt: skip
         scores.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
     return scores
+
+
+def macro_true_probability(truth: np.ndarray, probabilities: np.ndarray) -> float:
+    """The probability given to the true artist, averaged per artist, then over the artists: 1 / the
+    number of artists for any model that ignores its input (a constant answer, however peaked), so,
+    unlike accuracy on a handful of songs, a continuous figure a broken model cannot beat by luck."""
+    if not len(truth):
+        return 0.0
+    given = probabilities[np.arange(len(truth)), truth]
+    return float(np.mean([given[truth == c].mean() for c in np.unique(truth)]))
 
 
 def one_vs_all(truth: np.ndarray, predicted: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
@@ -170,9 +181,9 @@ def evaluate(pred: Predictions, out_dir: Path, title: str, seed: int = 0) -> Rep
     predicted = pred.probabilities.argmax(axis=1) if len(pred.labels) else np.zeros(0, int)
     songs = song_level(pred)
     metrics: dict[str, Any] = {
-        "segment": _scores(pred.labels, predicted, n),
-        "song_majority": _scores(songs["truth"], songs["majority"], n),
-        "song_mean_probability": _scores(songs["truth"], songs["mean_probability"], n),
+        "segment": _scores(pred.labels, predicted, pred.probabilities, n),
+        "song_majority": _scores(songs["truth"], songs["majority"], songs["probabilities"], n),
+        "song_mean_probability": _scores(songs["truth"], songs["mean_probability"], songs["probabilities"], n),
         "top_k_segment": top_k_curve(pred.labels, pred.probabilities),
         "top_k_song": top_k_curve(songs["truth"], songs["probabilities"]),
         **genre_errors(pred, predicted),

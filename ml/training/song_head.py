@@ -90,8 +90,9 @@ def song_probabilities(head: SongLSTM, sequences: list[np.ndarray]) -> np.ndarra
 def song_lstm_scores(train: Predictions, train_starts: Sequence[float], test: Predictions,
                      test_starts: Sequence[float], options: dict[str, Any]) -> dict[str, float]:  # fmt: skip
     """The head trained on ``train``'s songs and scored on ``test``'s (accuracy, macro and weighted
-    precision, recall, F1, count: as evaluation's song levels)."""
+    precision, recall, F1, count, the macro true-artist probability: as evaluation's song levels)."""
     sequences, labels = song_sequences(train, train_starts)
     head = fit_song_lstm(sequences, labels, len(train.classes), SongLSTMParams.from_options(options))
     test_sequences, truth = song_sequences(test, test_starts)
-    return _scores(truth, song_probabilities(head, test_sequences).argmax(axis=1), len(train.classes))
+    probabilities = song_probabilities(head, test_sequences)
+    return _scores(truth, probabilities.argmax(axis=1), probabilities, len(train.classes))

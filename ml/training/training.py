@@ -37,7 +37,7 @@ from torch import nn
 from ml import config
 from ml.clips.features import FeatureParams, LogMel
 from ml.clips.loader import SegmentDataset, make_loader, model_input
-from ml.device import autocast, precision_choice, precision_from_params
+from ml.device import autocast, precision_from_params
 from ml.models import build_model, logits, needs_audio
 from ml.tables import atomic_path
 
@@ -91,12 +91,6 @@ def training_precision(params: dict[str, Any], device: torch.device) -> torch.dt
     from ml.identification.backend import is_embedding_model
 
     settings = TrainParams.from_params(params)
-    chosen = precision_choice(params.get("compute", {}).get("precision"))
-    if torch.device(device).type == "cpu" and chosen == "auto":
-        # measured: the CRNN trained in bf16 autocast on the small demo library named its held-out songs at
-        # chance (song accuracy 0.333 of 3 singers), in float32 at 0.667 (test_models' demo test); until bf16
-        # training is at parity, `auto` trains in float32 on a CPU and only `bf16` asks for it
-        return torch.float32
     return precision_from_params(params, device, settings.mixed_precision and not is_embedding_model(settings.model))
 
 
