@@ -117,6 +117,47 @@ def test_a_removed_release_is_deleted_and_an_added_one_appended_without_a_rebuil
     assert sorted(p.name for p in folder.glob("view-*")) == [added["generation"]]  # one generation is kept
 
 
+def test_a_copy_of_a_song_is_found_as_its_duplicate_and_does_not_raise_the_threshold(songs, index_folder, tmp_path):
+    """Release D holds song 1 again (re-encoded as MP3, as a compilation would). Without the
+    duplicate groups, the calibration takes each copy for an unknown song that matches perfectly
+    and the threshold climbs above true matches; with them it stays where it was without the copy."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "song_index"
+    (folder / "releases").mkdir(parents=True)
+    for release in ("A", "B"):
+        shutil.copy(song_id.release_file(index_folder, release), song_id.release_file(folder, release))
+    copy = tmp_path / "song1 (compilation).mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(songs["files"][1]), "-b:a", "128k", str(copy)],
+                   check=True)  # fmt: skip
+    info = [{"track_id": "track-1-again", "artist": "Artist A", "title": "Song 1", "album": "Best of",
+             "path": copy.name, "genre": "Rock", "duration_s": 30.0}]  # fmt: skip
+    entries, failed = song_id.release_entries("D", info, [copy], song_id.PooledLogMel(P), P)
+    assert not failed
+    entries.save(song_id.release_file(folder, "D"))
+    manifest = song_id.sync_view(folder, ["A", "B", "D"], P, song_id.PooledLogMel(P).identity)
+    ids = [s["track_id"] for s in manifest["songs"]]
+    assert [[ids[i] for i in g] for g in manifest["duplicates"]] == [["track-1", "track-1-again"]]
+    loaded = [song_id.ReleaseEntries.load(song_id.release_file(folder, r)) for r in ("A", "B", "D")]
+    vectors = np.concatenate([e.vectors for e in loaded])
+    owner = np.concatenate([song_id._global_songs(e, manifest["songs"], r) for e, r in zip(loaded, "ABD")])
+    blind = song_id.calibrate_threshold(vectors, owner, P)  # the copies not known as such
+    without_copy = song_id.SongIndex(index_folder).threshold
+    print(f"thresholds: copies unknown {blind:.3f}, with the groups {manifest['threshold']:.3f}, no copy {without_copy:.3f}")
+    assert blind > 0.9 > manifest["threshold"], (blind, manifest["threshold"])
+    assert abs(manifest["threshold"] - without_copy) < 0.1, (manifest["threshold"], without_copy)
+    index = song_id.SongIndex(folder)
+    result = index.identify(excerpt(songs, 1, 9.0))
+    assert result["in_library"] and result["song"]["track_id"] in ("track-1", "track-1-again")
+    assert [c["track_id"] for c in result["same_recording_as"]] == sorted({"track-1", "track-1-again"}
+                                                                        - {result["song"]["track_id"]})  # fmt: skip
+    assert "the same recording in the library as: Artist A - Song 1" in song_id.song_result_text(
+        {**result, "file": "x.flac", "status": "ok"})
+    assert index.identify(excerpt(songs, 3, 4.0))["song"]["track_id"] == "track-3"
+    assert not index.identify(excerpt(songs, 6, 10.0))["in_library"]
+
+
 def test_reconet_identify_song_prints_and_jsons_the_answer(songs, index_folder, monkeypatch, capsys, tmp_path):
     from pipeline.cli import main
 

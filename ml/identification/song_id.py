@@ -20,6 +20,10 @@ library's mixes, searched in an approximate-nearest-neighbour index (the fingerp
   similarity's margin over the next song's below the calibrated threshold answers "not in the
   library". The threshold is the ``1 − false_accept_rate`` quantile of that margin for excerpts
   of the index with their own song left out (a sample of its entries).
+* **Duplicates**: songs that are one recording (a remaster, a re-encoded or damaged copy, one track
+  on an album and a compilation) are found at index time (:func:`duplicate_groups`). The
+  calibration leaves a song's copies out with it, a query's margin is over the best song that is
+  not a copy of its best, and the answer names the copies (``same_recording_as``).
 * **Genre**: a vote of the neighbours' songs' genres (seed 003), and seed 004's SVM on the 30
   Tzanetakis features of the excerpt (trained on the library's excerpts) beside it.
 """
@@ -62,6 +66,9 @@ class SongIndexParams:
     false_accept_rate: float = 0.01  # the calibrated threshold's target on excerpts of other songs
     calibration_entries: int = 2000  # entries sampled for the calibration
     calibration_query_s: float = 5.0  # the calibration's queries: this long (their windows' mean, as a query)
+    duplicate_probes: int = 8  # queries per song (calibration_query_s long, spread over it) looking for its duplicates
+    duplicate_margin: float = 0.8  # a probe whose best other song stands out this much has found a copy of itself
+    duplicate_share: float = 0.3  # two songs are one recording when this share of one's probes find the other
     hnsw_m: int = 16
     hnsw_ef_construction: int = 100
     hnsw_ef_search: int = 64
@@ -447,11 +454,12 @@ def sync_view(folder: Path, releases: list[str], p: SongIndexParams, embedder_id
         np.savez(target / "entries.npz", song=entry_song, offset_s=entry_offset)
         vectors = np.concatenate([loaded[r].vectors for r in loaded]) if loaded else np.zeros((0, dim or 1))
         owner = np.concatenate([_global_songs(loaded[r], songs, r) for r in loaded]) if loaded else np.zeros(0, int)
-        threshold = calibrate_threshold(vectors, owner, p)
+        groups = duplicate_groups(index if live else None, entry_song, vectors, owner, p)
+        threshold = calibrate_threshold(vectors, owner, p, groups)
         svm_genres = _train_genre_svm(loaded, target / "genre_svm.skops")
         manifest = {"generation": generation, "embedder": embedder_identity, "embedding": p.embedding, "dim": dim,
                     "params": asdict(p), "releases": manifest_releases, "songs": songs, "live": live,
-                    "threshold": threshold, "svm_genres": svm_genres,
+                    "threshold": threshold, "duplicates": groups, "svm_genres": svm_genres,
                     "build_s": round(time.perf_counter() - started, 3),
                     "rebuilt": bool(rebuild), "added_releases": sorted(changed),
                     "deleted_releases": sorted(set(gone) - set(changed)),
@@ -492,16 +500,85 @@ def margin(best: np.ndarray | float, second: np.ndarray | float) -> np.ndarray |
     return 1 - np.maximum(1 - best, 0) / np.maximum(1 - second, 1e-6)
 
 
-def calibrate_threshold(vectors: np.ndarray, owner: np.ndarray, p: SongIndexParams) -> float | None:
+def _run_scores(index, entry_song: np.ndarray, vectors: np.ndarray, k: int) -> list[dict[int, float]]:
+    """For each run of query vectors (an array of windows), every neighbouring song's mean over the
+    windows of its best cosine similarity, as :meth:`SongIndex.identify` scores them (a song absent
+    from a window's ``k`` nearest scores that window's k-th similarity)."""
+    out = []
+    for run in vectors:
+        labels, distances = index.knn_query(run, min(k, index.get_current_count()))
+        sims = 1.0 - distances
+        kth = sims[:, -1].astype(np.float64)
+        best: dict[int, np.ndarray] = defaultdict(lambda kth=kth: kth.copy())
+        for w, (row, row_sims) in enumerate(zip(labels, sims, strict=True)):
+            for label, sim in zip(row, row_sims, strict=True):
+                song = int(entry_song[label])
+                if song >= 0:
+                    best[song][w] = max(best[song][w], float(sim))
+        out.append({song: float(v.mean()) for song, v in best.items()})
+    return out
+
+
+def duplicate_groups(index, entry_song: np.ndarray, vectors: np.ndarray, owner: np.ndarray,
+                     p: SongIndexParams) -> list[list[int]]:  # fmt: skip
+    """Songs that are one recording (a remaster, a re-encoded or damaged copy, the same track on an
+    album and a compilation): groups of two or more song numbers. Each song sends
+    ``duplicate_probes`` queries (runs of its own entries, spread over it) to the index; when
+    ``duplicate_share`` of them find another song standing out from the rest by
+    ``duplicate_margin`` (their own song left out), the two are linked, and linked songs form a group.
+
+    Why: the "not in the library" threshold is calibrated on the index's own songs with their song
+    left out; a song with a copy in the index then looks like an unknown excerpt that matches
+    perfectly, and a few such copies set the threshold above every true match (measured in
+    benchmarks/song_id.py: 73 songs, two planted demo copies and one game tune shipped twice put the
+    margin's 99 % quantile at 0.976 while true 5 s excerpts had a median margin of 0.70)."""
+    if index is None or not len(vectors):
+        return []
+    index.set_ef(max(p.hnsw_ef_search, 2 * p.k))
+    order = np.argsort(owner, kind="stable")
+    vectors, owner = vectors[order], owner[order]
+    songs, first = np.unique(owner, return_index=True)
+    last = np.concatenate([first[1:], [len(owner)]])
+    run = max(1, round((p.calibration_query_s - p.excerpt_s) / p.hop_s) + 1)
+    parent = {int(s): int(s) for s in songs}
+
+    def root(song: int) -> int:
+        while parent[song] != song:
+            parent[song] = parent[parent[song]]
+            song = parent[song]
+        return song
+
+    for song, lo, hi in zip(songs.tolist(), first.tolist(), last.tolist(), strict=True):
+        starts = np.unique(np.linspace(lo, max(lo, hi - run), min(p.duplicate_probes, hi - lo)).astype(int))
+        runs = [vectors[np.minimum(np.arange(a, a + run), hi - 1)] for a in starts]
+        found: Counter = Counter()
+        for scores in _run_scores(index, entry_song, runs, 2 * p.k):
+            others = sorted(((v, s) for s, v in scores.items() if s != song), reverse=True)
+            if len(others) >= 2 and margin(others[0][0], others[1][0]) >= p.duplicate_margin:
+                found[others[0][1]] += 1
+        for other, n in found.items():
+            if n >= p.duplicate_share * len(starts) and other in parent:
+                parent[root(song)] = root(other)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for song in parent:
+        groups[root(song)].append(song)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def calibrate_threshold(vectors: np.ndarray, owner: np.ndarray, p: SongIndexParams,
+                        groups: list[list[int]] | None = None) -> float | None:  # fmt: skip
     """The threshold on the margin (best song's similarity − the next song's): the ``1 −
-    false_accept_rate`` quantile of that margin for sampled entries with their own song left out,
-    as an excerpt of a song not in the library meets the index. (A margin, not the similarity
-    itself: quiet or plain passages are alike in every song.) None with fewer than three songs."""
+    false_accept_rate`` quantile of that margin for sampled entries with their own song, and the
+    songs of its duplicate group (:func:`duplicate_groups`), left out, as an excerpt of a song not
+    in the library meets the index. (A margin, not the similarity itself: quiet or plain passages
+    are alike in every song.) None with fewer than three songs."""
     order = np.argsort(owner, kind="stable")
     vectors, owner = vectors[order], owner[order]
     songs, first = np.unique(owner, return_index=True)
     if len(songs) < 3:
         return None
+    column = {int(s): i for i, s in enumerate(songs)}
+    group_columns = {column[s]: [column[m] for m in g if m in column] for g in groups or [] for s in g if s in column}
     rng = np.random.default_rng(p.seed)
     sample = rng.choice(len(vectors), min(len(vectors), p.calibration_entries), replace=False)
     run = max(1, round((p.calibration_query_s - p.excerpt_s) / p.hop_s) + 1)  # a query's windows, as entries
@@ -511,10 +588,15 @@ def calibrate_threshold(vectors: np.ndarray, owner: np.ndarray, p: SongIndexPara
         rows = np.minimum(chunk[:, None] + np.arange(run)[None], last[chunk][:, None])  # consecutive excerpts
         per_song = np.maximum.reduceat(vectors[rows.ravel()] @ vectors.T, first, axis=1)
         per_song = per_song.reshape(len(chunk), run, len(songs)).mean(axis=1)  # the query's mean best per song
-        per_song[np.arange(len(chunk)), np.searchsorted(songs, owner[chunk])] = -np.inf  # leave its song out
+        own = np.searchsorted(songs, owner[chunk])
+        per_song[np.arange(len(chunk)), own] = -np.inf  # leave its song out, and its copies
+        for i, c in enumerate(own):
+            per_song[i, group_columns.get(int(c), [])] = -np.inf
+        per_song = per_song[np.isfinite(per_song).sum(axis=1) >= 2]  # two other songs to compare
         top = -np.partition(-per_song, 1, axis=1)[:, :2]
         margins.append(margin(top[:, 0], top[:, 1]))
-    return float(np.quantile(np.concatenate(margins), 1 - p.false_accept_rate))
+    margins = np.concatenate(margins)
+    return float(np.quantile(margins, 1 - p.false_accept_rate)) if len(margins) else None
 
 
 def _train_genre_svm(loaded: dict[str, ReleaseEntries], path: Path) -> list[str]:
@@ -557,6 +639,8 @@ class SongIndex:
             raise ValueError(f"{self.folder}: the index was built with embedder {manifest['embedder']}, "
                              f"this one is {self.embedder.identity} (materialise song_index again)")  # fmt: skip
         self.songs = manifest["songs"]
+        # song -> the songs of its duplicate group (itself included): one recording in several places
+        self.copies = {s: group for group in manifest.get("duplicates", []) for s in group}
         entries = _load_entries(self.folder, manifest)
         self.entry_song, self.entry_offset = entries["song"], entries["offset_s"]
         self.index = None
@@ -589,7 +673,8 @@ class SongIndex:
         p, k = self.p, k or self.p.k
         result: dict[str, Any] = {"in_library": False, "song": None, "offset_s": None, "confidence": 0.0,
                                   "score": None, "margin": None, "threshold": self.threshold, "candidates": [],
-                                  "genre": None, "genre_confidence": None, "genre_svm": None, "windows": 0}  # fmt: skip
+                                  "genre": None, "genre_confidence": None, "genre_svm": None, "windows": 0,
+                                  "same_recording_as": []}  # fmt: skip
         if self.index is None or len(audio) == 0:
             result["query_ms"] = (time.perf_counter() - started) * 1e3
             return result
@@ -620,7 +705,10 @@ class SongIndex:
         result["windows"] = len(starts)
         if ranked:
             top = result["candidates"][0]
-            second = result["candidates"][1]["score"] if len(ranked) > 1 else float(kth.mean())
+            copies = self.copies.get(ranked[0], [])  # its duplicates: the margin is over the best other recording
+            rivals = [s for s in ranked[1:] if s not in copies]
+            second = float(best[rivals[0]].mean()) if rivals else float(kth.mean())
+            result["same_recording_as"] = [self._song(s) for s in copies if s != ranked[0]]
             result.update(score=top["score"], margin=float(margin(top["score"], second)), confidence=top["votes"],
                           offset_s=top["offset_s"])  # fmt: skip
             result["in_library"] = self.threshold is None or result["margin"] >= self.threshold
@@ -684,6 +772,10 @@ def song_result_text(result: dict[str, Any]) -> str:
         nearest = f"; closest: {closest.get('artist')} - {closest.get('title')}" if closest else ""
         head = f"{name}: not in the library ({rule}{nearest})"
     lines = [head]
+    if result["in_library"] and result.get("same_recording_as"):
+        copies = "; ".join(f"{c.get('artist')} - {c.get('title')} ({c.get('release')})"
+                           for c in result["same_recording_as"])  # fmt: skip
+        lines.append(f"  the same recording in the library as: {copies}")
     if result["genre"] is not None:
         svm = f", SVM on the 30 Tzanetakis features: {result['genre_svm']}" if result["genre_svm"] else ""
         lines.append(f"  genre: {result['genre']} (kNN vote {result['genre_confidence']:.2f}){svm}")
