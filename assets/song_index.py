@@ -55,5 +55,7 @@ def song_index(context: dg.AssetExecutionContext, settings: ReconetSettings,
                                                                                / 3600, 1e-9), 1),
         "index_audio_hours": hours, "threshold": manifest["threshold"] or 0.0, "embedding": p.embedding,
         "rebuilt": manifest["rebuilt"], "deleted_releases": dg.MetadataValue.json(manifest["deleted_releases"]),
+        "duplicates": dg.MetadataValue.json([[manifest["songs"][i].get("path") for i in group]
+                                             for group in manifest["duplicates"]]),  # one recording, several songs
         "left_out": len(failed), "index": dg.MetadataValue.path(str(folder / manifest["generation"])),
     })  # fmt: skip
