@@ -294,6 +294,7 @@ def test_a_network_carries_references_and_a_calibrated_threshold_and_identify_ap
 
     from ml.clips.features import FeatureParams, LogMel
     from ml.clips.loader import SegmentDataset
+    from ml.device import precision_from_params
     from ml.identification.identify import Identifier, RecordingClips
     from ml.training.embedding_run import load_normaliser, load_references
     from ml.training.evaluation import predict
@@ -315,8 +316,9 @@ def test_a_network_carries_references_and_a_calibrated_threshold_and_identify_ap
     rows = {w: split_rows_of(splits, table, "song", w) for w in ("train", "val")}
     model, _ = load_trained(paths, "song", info)
     log_mel = LogMel(FeatureParams.from_params(params))
+    precision = precision_from_params(params, torch.device("cpu"))  # the run's: bfloat16 where the CPU has it
     sets = {w: predict(model, SegmentDataset(r, paths.data, info["classes"], source="audio"), torch.device("cpu"),
-                       log_mel=log_mel) for w, r in rows.items()}  # fmt: skip
+                       log_mel=log_mel, precision=precision) for w, r in rows.items()}  # fmt: skip
     normaliser = open_set.Normaliser.fit(sets["train"].embeddings)
     labels = [p.classes[i] for p in sets.values() for i in p.labels]
     expected = open_set.references(normaliser(np.concatenate([p.embeddings for p in sets.values()])), labels)
