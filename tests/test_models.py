@@ -278,7 +278,8 @@ def test_every_model_trained_on_the_small_demo_library_names_the_held_out_songs(
         m = report.metrics
         chance = 1 / len(out["classes"])
         print(f"{name} {options or ''} on the small demo: {out.get('seconds', 0):.0f} s, segment accuracy "
-              f"{m['segment']['accuracy']:.3f}, song accuracy {m['song_mean_probability']['accuracy']:.3f} "
+              f"{m['segment']['accuracy']:.3f} (true-singer probability {m['segment']['macro_true_probability']:.3f}), "
+              f"song accuracy {m['song_mean_probability']['accuracy']:.3f} "
               f"({m['song_mean_probability']['count']} songs, chance {chance:.3f})")  # fmt: skip
         assert m["song_mean_probability"]["count"] >= len(out["classes"])  # every artist has a held-out song
         if name in HELD_TO_PROBABILITY:
