@@ -92,6 +92,11 @@ class SongIndexParams:
         return settings
 
     @property
+    def calibration_run(self) -> int:
+        """Entries in a row that make one calibration_query_s query (of excerpt_s windows, hop_s apart)."""
+        return max(1, round((self.calibration_query_s - self.excerpt_s) / self.hop_s) + 1)
+
+    @property
     def window_frames(self) -> int:
         return round(self.excerpt_s * self.sample_rate / self.hop_length)
 
@@ -500,23 +505,18 @@ def margin(best: np.ndarray | float, second: np.ndarray | float) -> np.ndarray |
     return 1 - np.maximum(1 - best, 0) / np.maximum(1 - second, 1e-6)
 
 
-def _run_scores(index, entry_song: np.ndarray, vectors: np.ndarray, k: int) -> list[dict[int, float]]:
-    """For each run of query vectors (an array of windows), every neighbouring song's mean over the
-    windows of its best cosine similarity, as :meth:`SongIndex.identify` scores them (a song absent
-    from a window's ``k`` nearest scores that window's k-th similarity)."""
-    out = []
-    for run in vectors:
-        labels, distances = index.knn_query(run, min(k, index.get_current_count()))
-        sims = 1.0 - distances
-        kth = sims[:, -1].astype(np.float64)
-        best: dict[int, np.ndarray] = defaultdict(lambda kth=kth: kth.copy())
-        for w, (row, row_sims) in enumerate(zip(labels, sims, strict=True)):
-            for label, sim in zip(row, row_sims, strict=True):
-                song = int(entry_song[label])
-                if song >= 0:
-                    best[song][w] = max(best[song][w], float(sim))
-        out.append({song: float(v.mean()) for song, v in best.items()})
-    return out
+def best_per_song(labels: np.ndarray, sims: np.ndarray, entry_song: np.ndarray) -> dict[int, np.ndarray]:
+    """Each song among the windows' neighbours: its best cosine similarity in each window. A song
+    absent from a window's neighbours scores that window's k-th similarity (at most that, there).
+    The one scoring rule of queries (:meth:`SongIndex.identify`) and duplicate probes."""
+    kth = sims[:, -1].astype(np.float64)
+    best: dict[int, np.ndarray] = defaultdict(lambda: kth.copy())
+    for w, (row, row_sims) in enumerate(zip(labels, sims, strict=True)):
+        for label, sim in zip(row, row_sims, strict=True):
+            song = int(entry_song[label])
+            if song >= 0:
+                best[song][w] = max(best[song][w], float(sim))
+    return best
 
 
 def duplicate_groups(index, entry_song: np.ndarray, vectors: np.ndarray, owner: np.ndarray,
@@ -539,7 +539,7 @@ def duplicate_groups(index, entry_song: np.ndarray, vectors: np.ndarray, owner: 
     vectors, owner = vectors[order], owner[order]
     songs, first = np.unique(owner, return_index=True)
     last = np.concatenate([first[1:], [len(owner)]])
-    run = max(1, round((p.calibration_query_s - p.excerpt_s) / p.hop_s) + 1)
+    run = p.calibration_run
     parent = {int(s): int(s) for s in songs}
 
     def root(song: int) -> int:
@@ -552,12 +552,14 @@ def duplicate_groups(index, entry_song: np.ndarray, vectors: np.ndarray, owner: 
         starts = np.unique(np.linspace(lo, max(lo, hi - run), min(p.duplicate_probes, hi - lo)).astype(int))
         runs = [vectors[np.minimum(np.arange(a, a + run), hi - 1)] for a in starts]
         found: Counter = Counter()
-        for scores in _run_scores(index, entry_song, runs, 2 * p.k):
-            others = sorted(((v, s) for s, v in scores.items() if s != song), reverse=True)
+        for windows in runs:
+            labels, distances = index.knn_query(windows, min(2 * p.k, index.get_current_count()))
+            scores = best_per_song(labels, 1.0 - distances, entry_song)
+            others = sorted(((v.mean(), s) for s, v in scores.items() if s != song), reverse=True)
             if len(others) >= 2 and margin(others[0][0], others[1][0]) >= p.duplicate_margin:
                 found[others[0][1]] += 1
         for other, n in found.items():
-            if n >= p.duplicate_share * len(starts) and other in parent:
+            if n >= p.duplicate_share * len(starts):
                 parent[root(song)] = root(other)
     groups: dict[int, list[int]] = defaultdict(list)
     for song in parent:
@@ -581,7 +583,7 @@ def calibrate_threshold(vectors: np.ndarray, owner: np.ndarray, p: SongIndexPara
     group_columns = {column[s]: [column[m] for m in g if m in column] for g in groups or [] for s in g if s in column}
     rng = np.random.default_rng(p.seed)
     sample = rng.choice(len(vectors), min(len(vectors), p.calibration_entries), replace=False)
-    run = max(1, round((p.calibration_query_s - p.excerpt_s) / p.hop_s) + 1)  # a query's windows, as entries
+    run = p.calibration_run
     last = np.concatenate([first[1:], [len(owner)]])[np.searchsorted(songs, owner)] - 1  # each song's last entry
     margins = []
     for chunk in np.array_split(sample, max(1, len(sample) // 256)):
@@ -682,8 +684,8 @@ class SongIndex:
         starts = window_starts(log_mel.shape[1], p.window_frames, p.frames(p.query_hop_s))
         labels, sims = self.search(self.embedder.embed(log_mel, starts), k)
         window_s = starts * p.hop_length / p.sample_rate
-        kth = sims[:, -1].astype(np.float64)  # a song absent from a window's neighbours scores at most this there
-        best: dict[int, np.ndarray] = defaultdict(lambda: kth.copy())
+        kth = sims[:, -1].astype(np.float64)
+        best = best_per_song(labels, sims, self.entry_song)
         votes: Counter = Counter()
         alignments: dict[int, Counter] = defaultdict(Counter)
         genres: Counter = Counter()
@@ -693,7 +695,6 @@ class SongIndex:
                 if song < 0:
                     continue
                 votes[song] += 1
-                best[song][w] = max(best[song][w], float(sim))
                 align = round(float(self.entry_offset[label] - window_s[w]) / p.query_hop_s) * p.query_hop_s
                 alignments[song][round(align, 3)] += float(sim)
                 genres[self.songs[song].get("genre") or "Other"] += 1
