@@ -2,9 +2,11 @@
 library's mixes, searched in an approximate-nearest-neighbour index (the fingerprint report, seed 003).
 
 * **Excerpts**: every library song (its mix, decoded with :func:`ml.audio.load_audio`, mono) as a
-  log-mel spectrogram; an excerpt is ``excerpt_s`` of it, one every ``hop_s``.
-* **Embedding** (``song_index.embedding``): ``pooled_log_mel`` — the excerpt's log-mel averaged
-  over a coarse grid of mel bands × time steps, its mean removed, unit length (no training); or
+  log-mel spectrogram of ``f_min``–``f_max``; an excerpt is ``excerpt_s`` of it, one every
+  ``hop_s``, and the same again at each of ``pitch_shifts`` semitones (:func:`song_entries`).
+* **Embedding** (``song_index.embedding``): ``pooled_log_mel`` — the excerpt's mel power pooled
+  over a coarse grid of bands × time steps, as each band's contour and the spectral envelope
+  (:class:`PooledLogMel`; no training); or
   ``autoencoder`` — the bottleneck of the report's autoencoder with an auxiliary genre head
   (``ml/models/song_autoencoder.py``), trained on the library's excerpts. Which is the default is
   the benchmark's answer (README, "Song re-identification").
